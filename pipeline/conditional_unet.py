@@ -1,0 +1,84 @@
+"""A UNet conditioned on a multi-hot label vector (i-CLEVR: several objects per image).
+
+diffusers' `UNet2DModel` embeds at most one class index. Here a linear layer maps the multi-hot vector to the
+time-embedding width and `class_embed_type="identity"` adds it to the timestep embedding, so every ResNet block
+sees "which objects" the same way it sees "which noise level". An all-zero vector is the unconditional input
+used for classifier-free guidance (the projection's bias is then the learned "no labels" embedding).
+
+This file ships to the Hub on its own as remote code, so it imports nothing but torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffusers import ModelMixin, UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.unets.unet_2d import UNet2DOutput
+
+
+class ConditionalUNet2DModel(ModelMixin, ConfigMixin):
+    """`UNet2DModel` plus a linear projection of the multi-hot labels into its time embedding."""
+
+    _supports_gradient_checkpointing = True
+    # Keep normalisation layers in full precision under diffusers' layer-wise casting, as UNet2DModel does.
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        *,
+        sample_size: int = 64,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        num_labels: int = 24,
+        block_out_channels: tuple[int, ...] = (128, 256, 256, 512),
+        layers_per_block: int = 2,
+        down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        mid_block_attention: bool = True,
+        attention_head_dim: int = 8,
+        norm_num_groups: int = 32,
+        resnet_time_scale_shift: str = "default",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.unet = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            down_block_types=tuple(down_block_types),
+            up_block_types=tuple(up_block_types),
+            add_attention=mid_block_attention,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups,
+            resnet_time_scale_shift=resnet_time_scale_shift,
+            dropout=dropout,
+            # "identity": UNet2DModel adds class_labels, as given, to the timestep embedding.
+            class_embed_type="identity",
+        )
+        # UNet2DModel's time-embedding width for positional timestep embeddings.
+        time_embed_dim = block_out_channels[0] * 4
+        self.label_projection = nn.Linear(num_labels, time_embed_dim)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor,
+        return_dict: bool = True,
+    ) -> UNet2DOutput | tuple[torch.Tensor]:
+        """Predicts the UNet target for `sample` at `timestep`.
+
+        class_labels: (batch, num_labels) multi-hot floats; an all-zero row asks for the unconditional prediction.
+        """
+        num_labels = self.config.num_labels
+        if class_labels.ndim != 2 or class_labels.shape[1] != num_labels:
+            raise ValueError(
+                f"class_labels must have shape (batch, {num_labels}) (multi-hot), got {tuple(class_labels.shape)}"
+            )
+        label_embedding = self.label_projection(class_labels.to(dtype=self.label_projection.weight.dtype))
+        return self.unet(sample, timestep, class_labels=label_embedding, return_dict=return_dict)

@@ -242,15 +242,30 @@ def test_class_labels_are_the_multi_hot_label_lists(tiny_iclevr_dir, cache):
         )
 
 
-def test_random_flip_mirrors_images_left_right(tiny_iclevr_dir, cache):
+def test_random_flip_mirrors_images_left_right_differently_each_epoch(tiny_iclevr_dir, cache):
     plain = load_training_set(tiny_iclevr_dir, resolution=RESOLUTION, cache_dir=cache)[0]["pixel_values"]
     flipping = load_training_set(tiny_iclevr_dir, resolution=RESOLUTION, cache_dir=cache, random_flip=True)
 
-    torch.manual_seed(0)
-    seen = [flipping[0]["pixel_values"] for _ in range(20)]
+    seen = []
+    for epoch in range(20):
+        flipping.set_epoch(epoch)
+        seen.append(flipping[0]["pixel_values"])
 
     assert all(torch.equal(x, plain) or torch.equal(x, plain.flip(-1)) for x in seen)
     assert any(torch.equal(x, plain) for x in seen) and any(torch.equal(x, plain.flip(-1)) for x in seen)
+
+
+def test_random_flips_depend_only_on_seed_epoch_and_index(tiny_iclevr_dir, cache):
+    first = load_training_set(tiny_iclevr_dir, resolution=RESOLUTION, cache_dir=cache, random_flip=True, flip_seed=3)
+    second = load_training_set(tiny_iclevr_dir, resolution=RESOLUTION, cache_dir=cache, random_flip=True, flip_seed=3)
+    first.set_epoch(5)
+    second.set_epoch(5)
+    torch.manual_seed(1)  # a running RNG must not matter
+    a = [first[i]["pixel_values"] for i in range(len(first))]
+    torch.manual_seed(2)
+    b = [second[i]["pixel_values"] for i in reversed(range(len(second)))][::-1]
+
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_items_batch_through_a_dataloader(tiny_iclevr_dir, cache):

@@ -363,8 +363,9 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
     """The preprocessed images held in memory as one uint8 array, with their multi-hot labels.
 
     Items are {"pixel_values": float32 (3, H, W) in [-1, 1], "class_labels": float32 (len(vocabulary),)}.
-    `random_flip` mirrors images left-right with probability 1/2 (i-CLEVR labels carry no positions); it draws from
-    torch's global RNG, which DataLoader seeds per worker.
+    `random_flip` mirrors images left-right with probability 1/2 (i-CLEVR labels carry no positions). Which images
+    flip depends only on (`flip_seed`, epoch, index), never on a running RNG, so a run resumed mid-epoch flips exactly
+    what the uninterrupted run flipped; call `set_epoch` at the start of every epoch.
     """
 
     def __init__(
@@ -372,6 +373,7 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
         preprocessed: datasets.Dataset,
         vocabulary: LabelVocabulary | None = None,
         random_flip: bool = False,
+        flip_seed: int = 0,
     ):
         missing = [c for c in (PIXEL_COLUMN, LABEL_COLUMN) if c not in preprocessed.column_names]
         if missing:
@@ -381,6 +383,7 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
             )
         self.vocabulary = vocabulary if vocabulary is not None else LabelVocabulary()
         self.random_flip = random_flip
+        self.flip_seed = flip_seed
         self.images: np.ndarray = np.ascontiguousarray(
             preprocessed.with_format("numpy", columns=[PIXEL_COLUMN], dtype=np.uint8)[:][PIXEL_COLUMN]
         )
@@ -390,13 +393,18 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
         except LabelError as error:
             raise DataError(f"preprocessed labels do not fit the vocabulary: {error}") from None
         self.resolution = int(self.images.shape[1])
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draws this epoch's flips (DataLoader workers copy the set when an epoch's iteration starts)."""
+        self._flips = np.random.default_rng([self.flip_seed, epoch]).random(len(self.images)) < 0.5
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         pixels = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-        if self.random_flip and torch.rand(()) < 0.5:
+        if self.random_flip and self._flips[index]:
             pixels = pixels.flip(-1)
         return {"pixel_values": pixels, "class_labels": self.class_labels[index]}
 
@@ -411,6 +419,7 @@ def load_training_set(
     cache_dir: str | Path | None = None,
     vocabulary: LabelVocabulary | None = None,
     *,
+    flip_seed: int = 0,
     num_synthetic_scenes: int = DEFAULT_SYNTHETIC_SCENES,
     synthetic_seed: int = DEFAULT_SYNTHETIC_SEED,
     num_proc: int | None = None,
@@ -433,7 +442,7 @@ def load_training_set(
         synthetic_seed=synthetic_seed,
     )
     preprocessed = preprocess_dataset(dataset, resolution, cache_dir, num_proc=num_proc)
-    return ICLEVRTrainingSet(preprocessed, vocabulary, random_flip=random_flip)
+    return ICLEVRTrainingSet(preprocessed, vocabulary, random_flip=random_flip, flip_seed=flip_seed)
 
 
 # ----------------------------------------------------------------------------------------------------- helpers

@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Train a multi-label class-conditional DDPM on i-CLEVR with Accelerate.
+
+    accelerate launch train_conditional.py --model_config_name_or_path cpu --use_ema --mixed_precision bf16
+
+Data (built-in synthetic i-CLEVR by default) -> conditional UNet -> epsilon-MSE training with label dropout ->
+EMA -> checkpoints and validation grids -> an `ICLEVRPipeline` saved to --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pipeline import ConditionalUNet2DModel
+from training.args import parse_args
+from training.checkpointing import checkpoint_step, resolve_resume_checkpoint, save_checkpoint
+from training.data import load_training_set
+from training.model_presets import create_model
+from training.objective import batch_generator, diffusion_loss
+from training.sampling import build_pipeline, ema_weights, sample_grid, validation_label_lists
+from training.tracking import log_images, tracker_config
+
+logger = get_logger(__name__)
+
+
+def main(args: argparse.Namespace) -> None:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        # Per-epoch shuffles derived from the seed, so a resumed run sees the batches the first run would have.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+
+    # --- data: the main process renders / preprocesses into the cache first, the others then read it
+    with accelerator.main_process_first():
+        train_set = load_training_set(
+            train_data_dir=args.train_data_dir,
+            dataset_name=args.dataset_name,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            resolution=args.resolution,
+            random_flip=args.random_flip,
+            flip_seed=args.seed,
+            cache_dir=args.cache_dir,
+        )
+    vocabulary = train_set.vocabulary
+    train_dataloader = DataLoader(
+        train_set, batch_size=args.train_batch_size, shuffle=True, num_workers=args.dataloader_num_workers
+    )
+
+    # --- model, noise schedule, EMA, optimiser
+    model = create_model(args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary))
+    noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(
+            model.parameters(),
+            decay=args.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            model_cls=ConditionalUNet2DModel,
+            model_config=model.config,
+        )
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+
+    # --- schedule length, from the dataloader as sharded across processes
+    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    # A prepared LR scheduler is stepped once per process for every optimiser step, hence the factor.
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    lr_scheduler = accelerator.prepare(lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    # --- resume: weights, optimiser, LR schedule, EMA, RNG; then skip the batches this epoch already used
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
+        if checkpoint is None:
+            accelerator.print(f"No checkpoint in {output_dir} to resume from; starting a new run.")
+        else:
+            accelerator.print(f"Resuming from {checkpoint}")
+            accelerator.load_state(str(checkpoint))
+            global_step = checkpoint_step(checkpoint)
+            first_epoch, updates_done = divmod(global_step, updates_per_epoch)
+            skip_batches = updates_done * args.gradient_accumulation_steps
+
+    accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
+    images_per_update = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"{len(train_set)} images, {len(vocabulary)} labels; {max_train_steps} optimiser steps over {num_epochs} "
+        f"epochs; {images_per_update} images per step ({accelerator.num_processes} processes x "
+        f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation)"
+    )
+
+    validation_lists = validation_label_lists(vocabulary)
+
+    def run_validation(step: int) -> None:
+        """Samples the fixed label lists with the EMA weights and a fixed generator (main process only)."""
+        sampling_model = accelerator.unwrap_model(model)
+        with ema_weights(ema, sampling_model), accelerator.autocast():
+            sampling_model.eval()
+            grid, images = sample_grid(
+                build_pipeline(sampling_model, noise_scheduler, vocabulary),
+                validation_lists,
+                num_inference_steps=args.validation_inference_steps,
+                guidance_scale=args.validation_guidance_scale,
+                seed=args.seed,
+            )
+            sampling_model.train()
+        (output_dir / "validation").mkdir(parents=True, exist_ok=True)
+        grid.save(output_dir / "validation" / f"step-{step:06d}.png")
+        log_images(accelerator, "validation", images, [", ".join(names) for names in validation_lists], step)
+
+    progress = tqdm(
+        total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_local_main_process
+    )
+    step_loss = torch.zeros((), device=accelerator.device)
+    tick = time.perf_counter()
+    for epoch in range(first_epoch, num_epochs):
+        model.train()
+        train_dataloader.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        skipped = skip_batches if epoch == first_epoch else 0
+        batches = accelerator.skip_first_batches(train_dataloader, skipped) if skipped else train_dataloader
+        for batch_index, batch in enumerate(batches, start=skipped):
+            generator = batch_generator(args.seed, epoch, batch_index, accelerator.process_index, accelerator.device)
+            with accelerator.accumulate(model):
+                loss = diffusion_loss(
+                    model,
+                    noise_scheduler,
+                    batch["pixel_values"],
+                    batch["class_labels"],
+                    label_dropout=args.label_dropout,
+                    generator=generator,
+                )
+                step_loss += loss.detach() / args.gradient_accumulation_steps
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+
+            # --- one real optimiser step is done
+            if ema is not None:
+                ema.step(model.parameters())
+            global_step += 1
+            now = time.perf_counter()
+            logs = {
+                "loss": accelerator.reduce(step_loss, "mean").item(),
+                "lr": lr_scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "images_per_second": images_per_update / (now - tick),
+                "epoch": epoch,
+            }
+            tick = now
+            step_loss.zero_()
+            accelerator.log(logs, step=global_step)
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}")
+
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                run_validation(global_step)
+            if global_step >= max_train_steps:
+                break
+    progress.close()
+
+    # --- export: the pipeline with the EMA weights, and a final sample grid
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final_model = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.copy_to(final_model.parameters())
+        build_pipeline(final_model, noise_scheduler, vocabulary).save_pretrained(output_dir)
+        with accelerator.autocast():
+            grid, _ = sample_grid(
+                build_pipeline(final_model.eval(), noise_scheduler, vocabulary),
+                validation_lists,
+                num_inference_steps=args.validation_inference_steps,
+                guidance_scale=args.validation_guidance_scale,
+                seed=args.seed,
+            )
+        grid.save(output_dir / "samples.png")
+        logger.info(f"Saved the pipeline and samples.png to {output_dir}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(parse_args())

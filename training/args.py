@@ -1,0 +1,115 @@
+"""Command-line flags of `train_conditional.py`, named after diffusers' training examples."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from typing import Sequence
+
+from diffusers.optimization import SchedulerType
+
+REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that suggests the closest flag for a misspelt one."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            known = [flag for action in self._actions for flag in action.option_strings]
+            for word in message.split(":", 1)[1].split():
+                if word.startswith("--"):
+                    close = difflib.get_close_matches(word.split("=")[0], known, n=1)
+                    if close:
+                        message += f" (did you mean {close[0]}?)"
+                    break
+        super().error(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(description="Train a multi-label class-conditional DDPM on i-CLEVR with Accelerate.")
+
+    data = parser.add_argument_group("data (default: the built-in synthetic i-CLEVR)")
+    data.add_argument("--train_data_dir", type=str, default=None,
+                      help="An i-CLEVR folder: train.json, objects.json and the images in iclevr/ or beside them.")
+    data.add_argument("--dataset_name", type=str, default=None,
+                      help="A data set on the Hub or saved with `save_to_disk`, with an image and a label-list column.")
+    data.add_argument("--image_column", type=str, default="image")
+    data.add_argument("--label_column", type=str, default="labels")
+    data.add_argument("--cache_dir", type=str, default=None,
+                      help="Where renders and preprocessed data are cached (default: $ICLEVR_CACHE or ~/.cache).")
+    data.add_argument("--resolution", type=int, default=64, help="Training image size (square; 64 or 32).")
+    data.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
+    data.add_argument("--train_batch_size", type=_positive_int, default=32, help="Batch size per device.")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model and diffusion")
+    model.add_argument("--model_config_name_or_path", type=str, default="cpu",
+                       help="A size preset (tiny, cpu, gpu) or a path to a model config JSON.")
+    model.add_argument("--label_dropout", type=_probability, default=0.1,
+                       help="Probability of training on the all-zero (unconditional) label vector, for guidance.")
+    model.add_argument("--num_train_timesteps", type=_positive_int, default=1000)
+    model.add_argument("--beta_schedule", choices=("linear", "squaredcos_cap_v2"), default="squaredcos_cap_v2")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--max_train_steps", type=_positive_int, default=None,
+                       help="Total optimiser steps; overrides --num_train_epochs.")
+    optim.add_argument("--num_train_epochs", type=_positive_int, default=100)
+    optim.add_argument("--gradient_accumulation_steps", type=_positive_int, default=1)
+    optim.add_argument("--learning_rate", type=float, default=2e-4)
+    optim.add_argument("--lr_scheduler", choices=[t.value for t in SchedulerType], default="cosine")
+    optim.add_argument("--lr_warmup_steps", type=int, default=500)
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                       help="Defaults to the Accelerate config's value. bf16 also speeds up training on CPU.")
+    optim.add_argument("--use_ema", action="store_true",
+                       help="Keep an EMA of the weights; it is used for validation and the saved pipeline.")
+    optim.add_argument("--ema_max_decay", type=float, default=0.9999)
+    optim.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    optim.add_argument("--ema_power", type=float, default=3 / 4)
+
+    run = parser.add_argument_group("checkpoints, validation, logging")
+    run.add_argument("--output_dir", type=str, default="iclevr-ddpm",
+                     help="Where the pipeline, checkpoints (checkpoint-STEP), grids and logs are written.")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--checkpointing_steps", type=_positive_int, default=500)
+    run.add_argument("--checkpoints_total_limit", type=_positive_int, default=None,
+                     help="Keep at most this many checkpoints; the oldest are deleted.")
+    run.add_argument("--resume_from_checkpoint", type=str, default=None,
+                     help='"latest" or a path to a checkpoint-STEP folder.')
+    run.add_argument("--validation_steps", type=_positive_int, default=500,
+                     help="Sample a grid of fixed label lists with the EMA weights every this many steps.")
+    run.add_argument("--validation_inference_steps", type=_positive_int, default=25)
+    run.add_argument("--validation_guidance_scale", type=float, default=2.0)
+    run.add_argument("--report_to", choices=REPORT_TO_CHOICES, default="tensorboard")
+    run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+    run.add_argument("--tracker_project_name", type=str, default="iclevr-ddpm")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.train_data_dir and args.dataset_name:
+        parser.error("give either --train_data_dir or --dataset_name, not both")
+    if args.resolution < 8 or args.resolution % 8:
+        parser.error(f"--resolution must be a multiple of 8 and at least 8 (e.g. 64 or 32), got {args.resolution}")
+    return args

@@ -1,0 +1,80 @@
+"""Sampling during and after training: the pipeline built from the training model, EMA swaps, sample grids."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from PIL import Image
+
+from pipeline import ICLEVRPipeline, LabelVocabulary
+
+# Fixed label lists for the validation grid; the first is the course's denoising-process example.
+VALIDATION_LABELS = (
+    ("red sphere", "cyan cylinder", "cyan cube"),
+    ("gray cube",),
+    ("blue sphere",),
+    ("yellow cylinder",),
+    ("green cube", "purple sphere"),
+    ("brown cylinder", "red cube"),
+    ("cyan sphere", "blue cube", "yellow sphere"),
+    ("purple cylinder", "gray sphere", "green cylinder"),
+)
+
+
+def validation_label_lists(vocabulary: LabelVocabulary) -> list[list[str]]:
+    """The fixed validation lists, or (for a custom vocabulary that lacks them) its first labels one by one."""
+    lists = [list(names) for names in VALIDATION_LABELS if all(name in vocabulary for name in names)]
+    return lists or [[name] for name in vocabulary.labels[:8]]
+
+
+def build_pipeline(
+    model: torch.nn.Module, noise_scheduler: DDPMScheduler, vocabulary: LabelVocabulary
+) -> ICLEVRPipeline:
+    """The inference pipeline for a training model, with DPM-Solver++ (25 steps) as its fast default sampler."""
+    scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++")
+    pipeline = ICLEVRPipeline(unet=model, scheduler=scheduler, labels=vocabulary.labels)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@contextmanager
+def ema_weights(ema: EMAModel | None, model: torch.nn.Module) -> Iterator[None]:
+    """Temporarily puts the EMA weights into `model` (no-op without EMA)."""
+    if ema is None:
+        yield
+        return
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(model.parameters())
+
+
+def sample_grid(
+    pipeline: ICLEVRPipeline,
+    label_lists: Sequence[Sequence[str]],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    columns: int = 8,
+) -> tuple[Image.Image, list[Image.Image]]:
+    """Samples one image per label list with a fixed generator; returns the grid and the single images."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    images = pipeline(
+        labels=[list(names) for names in label_lists],
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        output_type="pil",
+    ).images
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    padded = images + [Image.new("RGB", images[0].size, "white")] * (rows * columns - len(images))
+    return make_image_grid(padded, rows=rows, cols=columns), images

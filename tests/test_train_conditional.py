@@ -1,0 +1,136 @@
+"""`accelerate launch train_conditional.py` end to end on a tiny render, with the tiny model preset."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO_ROOT
+from training.args import parse_args
+from training.checkpointing import CheckpointError, resolve_resume_checkpoint
+
+# 36 images at batch 8 are 5 batches an epoch, so checkpoint-6 sits in the middle of the second epoch.
+TINY_RUN = [
+    "--model_config_name_or_path", "tiny",
+    "--resolution", "32",
+    "--train_batch_size", "8",
+    "--max_train_steps", "8",
+    "--lr_warmup_steps", "2",
+    "--checkpointing_steps", "2",
+    "--checkpoints_total_limit", "2",
+    "--validation_steps", "4",
+    "--validation_inference_steps", "2",
+    "--use_ema",
+    "--random_flip",
+    "--mixed_precision", "bf16",
+    "--report_to", "tensorboard",
+]
+
+
+def launch(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--dynamo_backend", "no", str(REPO_ROOT / "train_conditional.py"), *args]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def logged_scalars(output_dir: Path, tag: str) -> dict[int, float]:
+    (events,) = (output_dir / "logs" / "iclevr-ddpm").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_iclevr_dir, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("train") / "run"
+    launch(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir))
+    return output_dir
+
+
+def test_training_keeps_only_the_newest_checkpoints(tiny_run):
+    assert sorted(p.name for p in tiny_run.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
+
+
+def test_checkpoint_holds_model_optimizer_scheduler_ema_and_rng_state(tiny_run):
+    files = {p.name for p in (tiny_run / "checkpoint-8").iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl",
+            "random_states_0.pkl"} <= files
+
+
+def test_validation_writes_a_grid_every_validation_steps(tiny_run):
+    assert sorted(p.name for p in (tiny_run / "validation").iterdir()) == ["step-000004.png", "step-000008.png"]
+
+
+def test_training_logs_loss_lr_grad_norm_and_throughput_every_step(tiny_run):
+    for tag in ("loss", "lr", "grad_norm", "images_per_second", "epoch"):
+        assert sorted(logged_scalars(tiny_run, tag)) == list(range(1, 9)), tag
+
+
+def test_training_leaves_a_loadable_pipeline_and_a_sample_grid(tiny_run):
+    from pipeline import ICLEVRPipeline
+
+    pipe = ICLEVRPipeline.from_pretrained(tiny_run)
+    images = pipe(labels=[["red sphere", "cyan cube"]], num_inference_steps=2, output_type="np").images
+
+    assert images.shape == (1, 32, 32, 3)
+    assert pipe.vocabulary.labels[9] == "red sphere"
+    assert (tiny_run / "samples.png").is_file()
+
+
+def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_losses(tiny_run, tiny_iclevr_dir, tmp_path):
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tiny_run / "checkpoint-6", resumed / "checkpoint-6")
+
+    launch(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(resumed),
+           "--resume_from_checkpoint", "latest")
+
+    first, second = logged_scalars(tiny_run, "loss"), logged_scalars(resumed, "loss")
+    assert sorted(second) == [7, 8]  # no replayed or skipped steps
+    assert [second[7], second[8]] == [first[7], first[8]]
+
+
+def test_ema_and_lr_schedule_step_once_per_optimizer_step_under_gradient_accumulation(tiny_iclevr_dir, tmp_path):
+    launch("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path), "--model_config_name_or_path",
+           "tiny", "--resolution", "32", "--train_batch_size", "4", "--gradient_accumulation_steps", "3",
+           "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "100",
+           "--validation_inference_steps", "1", "--use_ema", "--report_to", "none")
+
+    ema_state = torch.load(tmp_path / "checkpoint-3" / "custom_checkpoint_0.pkl", weights_only=True)
+    scheduler_state = torch.load(tmp_path / "checkpoint-3" / "scheduler.bin", weights_only=True)
+    assert ema_state["optimization_step"] == 3
+    assert scheduler_state["last_epoch"] == 3
+
+
+def test_latest_checkpoint_ignores_a_save_that_crashed_midway(tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-6.partial").mkdir()  # what a crash during save_state leaves behind
+
+    assert resolve_resume_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-4"
+
+
+def test_resume_from_a_missing_checkpoint_names_the_available_ones(tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()
+
+    with pytest.raises(CheckpointError, match="checkpoint-4"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-5"), tmp_path)
+
+
+def test_a_misspelt_flag_is_refused_with_the_closest_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--train_batchsize", "8"])
+    assert "did you mean --train_batch_size?" in capsys.readouterr().err
+
+
+def test_a_resolution_that_is_not_a_multiple_of_8_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--resolution", "30"])
+    assert "--resolution must be a multiple of 8" in capsys.readouterr().err

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import PIL.Image
 import torch
 
-from diffusers import DiffusionPipeline, SchedulerMixin
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
@@ -53,24 +53,27 @@ class ICLEVRPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        unet: ConditionalUNet2DModel,
+        unet: ModelMixin,
         scheduler: SchedulerMixin,
-        labels: Sequence[str] = DEFAULT_LABELS,
+        labels: list[str] | tuple[str, ...] | dict[str, int] = DEFAULT_LABELS,
     ):
         super().__init__()
-        labels = list(labels)
+        # Saved as objects.json writes it ({"gray cube": 0, ...}): diffusers' Hub download takes every list in
+        # model_index.json for a [library, class] component entry, so a plain label list would not load from the Hub.
+        labels = sorted(labels, key=labels.__getitem__) if isinstance(labels, Mapping) else list(labels)
         if len(labels) != unet.config.num_labels:
             raise LabelError(
                 f"the vocabulary has {len(labels)} labels but the unet expects {unet.config.num_labels}; "
                 "pass the labels the model was trained with"
             )
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(labels=labels)
+        self.register_to_config(labels=LabelVocabulary(labels).to_objects_json())
         self.image_processor = VaeImageProcessor(do_normalize=True)
 
     @property
     def vocabulary(self) -> LabelVocabulary:
-        return LabelVocabulary(self.config.labels)
+        mapping = self.config.labels
+        return LabelVocabulary(sorted(mapping, key=mapping.__getitem__))
 
     def encode_labels(self, labels: Sequence[Sequence[str]] | torch.Tensor) -> torch.Tensor:
         """Label lists (or a multi-hot tensor, checked) -> (B, num_labels) float32 multi-hot tensor."""

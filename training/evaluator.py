@@ -126,7 +126,8 @@ def load_evaluator(path: str | Path, device: str | torch.device = "cpu") -> ResN
     if not path.is_file():
         raise EvaluatorError(f"evaluator checkpoint {path} does not exist; expected {expected}")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        # Read onto the CPU: map_location refuses some device names (e.g. "cpu:0" on multi-CPU runs).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         raise EvaluatorError(f"{path} cannot be read safely ({_load_failure(error)}); expected {expected}") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:

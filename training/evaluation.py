@@ -1,0 +1,437 @@
+"""Scoring a pipeline with the evaluator: condition files x seeds -> accuracy, exact match, grids, timings.
+
+Used by `scripts/evaluate.py` and, every `--validation_steps`, by `train_conditional.py` (which also keeps the best
+pipeline in `output_dir/best`). Work is a flat list of (condition file, seed, condition) items; every image has its
+own generator derived from (seed, condition index), so any slice of the items can be generated and scored on its
+own — by another batch size or another process — and the records merged once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import make_image_grid
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pipeline import ICLEVRPipeline, LabelVocabulary
+from training.data import builtin_synthetic_dir, load_condition_file
+from training.evaluator import classify, evaluation_metrics, load_evaluator
+
+SCHEDULERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
+    "ddim": DDIMScheduler.from_config,
+    "ddpm": DDPMScheduler.from_config,
+}
+CONDITION_FILE_NAMES = ("test.json", "new_test.json")
+GRID_COLUMNS = 8
+BEST_FOLDER = "best"
+BEST_INFO = "best.json"
+
+
+class EvaluationError(ValueError):
+    """A setting or input the evaluation cannot use."""
+
+
+@dataclass
+class Evaluation:
+    """`report`: JSON-ready results (see `summarise`); `images`: {(condition set, seed): images in file order}."""
+
+    report: dict[str, Any]
+    images: dict[tuple[str, int], list[Image.Image]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+
+
+def check_scheduler_name(name: str) -> str:
+    if name not in SCHEDULERS:
+        closest = difflib.get_close_matches(str(name).lower(), list(SCHEDULERS), n=1, cutoff=0.0)[0]
+        raise EvaluationError(
+            f"unknown scheduler {name!r}; did you mean {closest!r}? choose from {', '.join(SCHEDULERS)}"
+        )
+    return name
+
+
+def set_scheduler(pipeline: DiffusionPipeline, name: str) -> DiffusionPipeline:
+    """Swaps the pipeline's sampler, keeping its noise schedule (betas, timesteps, prediction type)."""
+    pipeline.scheduler = SCHEDULERS[check_scheduler_name(name)](pipeline.scheduler.config)
+    return pipeline
+
+
+def load_pipeline(
+    name_or_path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> DiffusionPipeline:
+    """A local folder saved with this repo's classes loads with `ICLEVRPipeline`; a Hub id, or a folder that ships
+    its own pipeline code, loads through `DiffusionPipeline` with that code (`trust_remote_code=True`).
+    """
+    folder = Path(name_or_path).expanduser()
+    try:
+        if (folder / "model_index.json").is_file():
+            if _saved_with_local_classes(folder):
+                pipeline = ICLEVRPipeline.from_pretrained(folder, dtype=dtype)
+            else:
+                pipeline = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, trust_remote_code=True)
+        elif folder.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+            raise EvaluationError(
+                f"--pipeline {name_or_path}: no pipeline there (no model_index.json); give a training "
+                "--output_dir or a Hub id like user/iclevr-ddpm"
+            )
+        else:
+            pipeline = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=True)
+    except OSError as error:
+        # diffusers' message points at a stack trace that this one-line error does not print.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = reason.replace(" Please check out the root cause in the stacktrace above.", "")
+        raise EvaluationError(
+            f"cannot load the pipeline {name_or_path!r} (no local folder with model_index.json, so a Hub id): {reason}"
+        ) from None
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def _saved_with_local_classes(folder: Path) -> bool:
+    """True when model_index.json names this repo's `pipeline` package for the unet, False for shipped code."""
+    index_file = folder / "model_index.json"
+    try:
+        unet_entry = json.loads(index_file.read_text()).get("unet", [None])
+    except (json.JSONDecodeError, AttributeError):
+        raise EvaluationError(f"{index_file} is not a diffusers model_index.json") from None
+    return bool(unet_entry) and str(unet_entry[0]).startswith("pipeline.")
+
+
+def resolve_condition_files(paths: Sequence[str | Path]) -> dict[str, Path]:
+    """{file stem: path} for condition files, checked to exist and to have distinct names (they key the report)."""
+    if not paths:
+        raise EvaluationError("no condition files given; pass at least one test.json-style file")
+    files: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise EvaluationError(f"condition file {path} does not exist; give a JSON list of label lists")
+        if path.stem in files:
+            raise EvaluationError(
+                f"two condition files are named {path.stem!r} ({files[path.stem]} and {path}); "
+                "rename one, the file name keys the results"
+            )
+        files[path.stem] = path
+    return files
+
+
+def load_condition_sets(files: Mapping[str, Path], vocabulary: LabelVocabulary) -> dict[str, list[list[str]]]:
+    return {name: load_condition_file(path, vocabulary) for name, path in files.items()}
+
+
+def default_condition_files(train_data_dir: str | Path | None, cache_dir: str | Path | None = None) -> list[Path]:
+    """test.json / new_test.json of the training folder; without them, those of the built-in synthetic render
+    (rendered into the cache on first use).
+    """
+    if train_data_dir is not None:
+        found = _condition_files_in(Path(train_data_dir))
+        if found:
+            return found
+    return _condition_files_in(builtin_synthetic_dir(cache_dir))
+
+
+def _condition_files_in(folder: Path) -> list[Path]:
+    return [folder / name for name in CONDITION_FILE_NAMES if (folder / name).is_file()]
+
+
+# ------------------------------------------------------------------------------------ generating and scoring
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of condition `index` under `seed`: independent of batching and of the process it runs on.
+
+    A CPU generator, so the initial noise is the same on every device.
+    """
+    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator("cpu").manual_seed(int(state))
+
+
+def evaluation_items(condition_sets: Mapping[str, Sequence[Sequence[str]]], seeds: Sequence[int]) -> list[dict]:
+    """Every (condition set, seed, condition) to generate, in report order; `position` orders merged records."""
+    items = []
+    for name, label_lists in condition_sets.items():
+        for seed in seeds:
+            for index, labels in enumerate(label_lists):
+                items.append({"set": name, "seed": int(seed), "index": index, "labels": list(labels)})
+    for position, item in enumerate(items):
+        item["position"] = position
+    return items
+
+
+def generate_and_score(
+    pipeline: DiffusionPipeline,
+    evaluator: torch.nn.Module,
+    items: Sequence[dict],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    batch_size: int = 64,
+    keep_images: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """One record per item: the item plus the evaluator's `probs`, its share of the batch's generation `seconds`
+    and (with `keep_images`) its PIL `image`. Records depend only on their items, not on the batching.
+    """
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
+    records = []
+    bar = tqdm(total=len(items), desc="generating", unit="image", disable=not progress)
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        tick = time.perf_counter()
+        images = pipeline(
+            [item["labels"] for item in batch],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=[image_generator(item["seed"], item["index"]) for item in batch],
+            output_type="np",
+        ).images  # the conversion to numpy waits for the device, so the timing is complete
+        seconds = (time.perf_counter() - tick) / len(batch)
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0  # the evaluator takes [-1, 1]
+        device_type = next(evaluator.parameters()).device.type
+        with torch.autocast(device_type, enabled=False):  # score in float32 even inside mixed-precision training
+            probs = classify(evaluator, pixels.float())
+        pil_images = VaeImageProcessor.numpy_to_pil(images) if keep_images else [None] * len(batch)
+        for item, row, image in zip(batch, probs.tolist(), pil_images):
+            records.append({**item, "probs": row, "seconds": seconds, **({"image": image} if keep_images else {})})
+        bar.update(len(batch))
+    bar.close()
+    return records
+
+
+def summarise(records: Sequence[dict], label_names: Sequence[str]) -> dict[str, Any]:
+    """Metrics per condition set (mean and population std over seeds, per seed, per-label recall over all seeds),
+    their means, and the generation timing.
+    """
+    vocabulary = LabelVocabulary(label_names, max_objects=None)
+    sets: dict[str, list[dict]] = {}
+    for record in sorted(records, key=lambda r: r["position"]):
+        sets.setdefault(record["set"], []).append(record)
+    results = {}
+    for name, set_records in sets.items():
+        by_seed: dict[int, list[dict]] = {}
+        for record in set_records:
+            by_seed.setdefault(record["seed"], []).append(record)
+        per_seed = {str(seed): _metrics(rows, vocabulary) for seed, rows in by_seed.items()}
+        accuracies = [m["accuracy"] for m in per_seed.values()]
+        exact = [m["exact_match"] for m in per_seed.values()]
+        results[name] = {
+            "num_conditions": len(next(iter(by_seed.values()))),
+            "num_seeds": len(by_seed),
+            "accuracy_mean": statistics.fmean(accuracies),
+            "accuracy_std": statistics.pstdev(accuracies),
+            "exact_match_mean": statistics.fmean(exact),
+            "exact_match_std": statistics.pstdev(exact),
+            "per_label_recall": _metrics(set_records, vocabulary)["per_label_recall"],
+            "per_seed": per_seed,
+        }
+    seconds = [record["seconds"] for record in records]
+    return {
+        "condition_sets": results,
+        "mean_accuracy": statistics.fmean(r["accuracy_mean"] for r in results.values()),
+        "mean_exact_match": statistics.fmean(r["exact_match_mean"] for r in results.values()),
+        "num_images": len(records),
+        "seconds_per_image": statistics.fmean(seconds),
+        "generation_seconds": sum(seconds),
+    }
+
+
+def _metrics(records: Sequence[dict], vocabulary: LabelVocabulary) -> dict[str, Any]:
+    probs = torch.tensor([record["probs"] for record in records])
+    targets = vocabulary.encode_batch([record["labels"] for record in records])
+    return evaluation_metrics(probs, targets, vocabulary.labels)
+
+
+def evaluate_pipeline(
+    pipeline: DiffusionPipeline,
+    evaluator: torch.nn.Module,
+    condition_sets: Mapping[str, Sequence[Sequence[str]]],
+    *,
+    seeds: Sequence[int],
+    num_inference_steps: int,
+    guidance_scale: float,
+    batch_size: int = 64,
+    keep_images: bool = False,
+    progress: bool = True,
+    accelerator: Accelerator | None = None,
+) -> Evaluation:
+    """Generates one image per condition per seed, scores them and summarises (see `summarise`).
+
+    With an `accelerator`, every process must call this: each generates a strided slice of the items and the
+    records are gathered once, so every process returns the same full `Evaluation`.
+    """
+    label_names = pipeline.vocabulary.labels
+    if getattr(evaluator, "num_labels", len(label_names)) != len(label_names):
+        raise EvaluationError(
+            f"the evaluator scores {evaluator.num_labels} labels but the pipeline has {len(label_names)}; "
+            "use an evaluator trained on the same vocabulary"
+        )
+    if not seeds:
+        raise EvaluationError("no seeds given; pass at least one, e.g. --seeds 0")
+    items = evaluation_items(condition_sets, seeds)
+    if accelerator is not None:
+        items = items[accelerator.process_index :: accelerator.num_processes]
+    records = generate_and_score(
+        pipeline, evaluator, items, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        batch_size=batch_size, keep_images=keep_images, progress=progress,
+    )
+    if accelerator is not None:
+        records = gather_object(records)
+    records.sort(key=lambda record: record["position"])
+    images: dict[tuple[str, int], list[Image.Image]] = {}
+    if keep_images:
+        for record in records:
+            images.setdefault((record["set"], record["seed"]), []).append(record["image"])
+    return Evaluation(summarise(records, label_names), images)
+
+
+# ------------------------------------------------------------------------------------------------- figures
+
+
+def image_grid(images: Sequence[Image.Image], columns: int = GRID_COLUMNS) -> Image.Image:
+    """`columns` images per row; a short last row is padded with white."""
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    padded = list(images) + [Image.new("RGB", images[0].size, "white")] * (rows * columns - len(images))
+    return make_image_grid(padded, rows=rows, cols=columns)
+
+
+def denoising_figure(
+    pipeline: DiffusionPipeline,
+    labels: Sequence[str],
+    num_frames: int = 10,
+    *,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 2.0,
+    seed: int = 0,
+) -> Image.Image:
+    """One row, left to right: the initial noise, evenly spaced denoising states, the final image."""
+    output = pipeline(
+        [list(labels)],
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=[image_generator(seed, 0)],
+        output_type="pil",
+        return_intermediates=min(num_frames, num_inference_steps + 1),
+    )
+    frames = [batch[0] for batch in output.intermediates]
+    return make_image_grid(frames, rows=1, cols=len(frames))
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The per-condition-file accuracy table printed by scripts/evaluate.py."""
+    rows = [f"{'conditions':<16}{'images':>10}  {'accuracy (mean ± std)':>22}  {'exact match (mean ± std)':>25}"]
+    for name, result in report["condition_sets"].items():
+        images = f"{result['num_conditions']}x{result['num_seeds']}"
+        accuracy = f"{result['accuracy_mean']:.4f} ± {result['accuracy_std']:.4f}"
+        exact = f"{result['exact_match_mean']:.4f} ± {result['exact_match_std']:.4f}"
+        rows.append(f"{name:<16}{images:>10}  {accuracy:>22}  {exact:>25}")
+    rows.append(
+        f"mean accuracy {report['mean_accuracy']:.4f}, mean exact match {report['mean_exact_match']:.4f}, "
+        f"{report['seconds_per_image']:.4f} s per image ({report['num_images']} images)"
+    )
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------- during training
+
+
+class TrainingEvaluation:
+    """The evaluation run every `--validation_steps` in training: one seed, the validation sampler settings; logs
+    the scores to the trackers and keeps the pipeline with the best mean accuracy in `output_dir/best`.
+    """
+
+    def __init__(
+        self,
+        evaluator: torch.nn.Module,
+        condition_sets: Mapping[str, Sequence[Sequence[str]]],
+        output_dir: str | Path,
+        *,
+        num_inference_steps: int,
+        guidance_scale: float,
+        seed: int,
+        batch_size: int,
+        keep_previous_best: bool = False,
+    ):
+        self.evaluator = evaluator
+        self.condition_sets = condition_sets
+        self.best_dir = Path(output_dir) / BEST_FOLDER
+        self.settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        self.seed = seed
+        self.batch_size = batch_size
+        # A resumed run only replaces best/ with something better than what it kept before; a new run starts over.
+        best_info = self.best_dir / BEST_INFO
+        self.best_accuracy = -1.0
+        if keep_previous_best and best_info.is_file():
+            self.best_accuracy = json.loads(best_info.read_text())["mean_accuracy"]
+
+    def __call__(self, accelerator: Accelerator, pipeline: DiffusionPipeline, step: int) -> dict[str, Any]:
+        """Call on every process (the conditions are split across them); only the main process writes."""
+        report = evaluate_pipeline(
+            pipeline, self.evaluator, self.condition_sets, seeds=[self.seed], batch_size=self.batch_size,
+            progress=False, accelerator=accelerator, **self.settings,
+        ).report
+        scalars = {"evaluation/mean_accuracy": report["mean_accuracy"]}
+        for name, result in report["condition_sets"].items():
+            scalars[f"evaluation/{name}/accuracy"] = result["accuracy_mean"]
+            scalars[f"evaluation/{name}/exact_match"] = result["exact_match_mean"]
+        accelerator.log(scalars, step=step)
+        if report["mean_accuracy"] > self.best_accuracy:
+            self.best_accuracy = report["mean_accuracy"]
+            if accelerator.is_main_process:
+                self._save_best(pipeline, step, report)
+        return report
+
+    def _save_best(self, pipeline: DiffusionPipeline, step: int, report: Mapping[str, Any]) -> None:
+        # Written beside best/ and swapped in, so a crash never leaves a half-written best pipeline.
+        partial = self.best_dir.with_name(self.best_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        pipeline.save_pretrained(partial)
+        info = {
+            "step": step,
+            "mean_accuracy": report["mean_accuracy"],
+            "accuracy": {name: r["accuracy_mean"] for name, r in report["condition_sets"].items()},
+            "exact_match": {name: r["exact_match_mean"] for name, r in report["condition_sets"].items()},
+            "seed": self.seed,
+            **self.settings,
+        }
+        (partial / BEST_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        shutil.rmtree(self.best_dir, ignore_errors=True)
+        partial.rename(self.best_dir)
+
+
+def load_training_evaluation(
+    args: argparse.Namespace, vocabulary: LabelVocabulary, accelerator: Accelerator
+) -> TrainingEvaluation | None:
+    """The in-training evaluation from the training flags; None without --evaluator_checkpoint."""
+    if not args.evaluator_checkpoint:
+        return None
+    with accelerator.main_process_first():  # the built-in render, if needed, happens once
+        paths = args.evaluation_conditions or default_condition_files(args.train_data_dir, args.cache_dir)
+    condition_sets = load_condition_sets(resolve_condition_files(paths), vocabulary)
+    return TrainingEvaluation(
+        load_evaluator(args.evaluator_checkpoint, accelerator.device),
+        condition_sets,
+        args.output_dir,
+        num_inference_steps=args.validation_inference_steps,
+        guidance_scale=args.validation_guidance_scale,
+        seed=args.seed,
+        batch_size=args.train_batch_size,
+        keep_previous_best=bool(args.resume_from_checkpoint),
+    )

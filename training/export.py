@@ -1,0 +1,266 @@
+"""A saved ICLEVRPipeline folder -> a self-describing folder that plain diffusers loads outside this repo.
+
+`save_pretrained` names this repo's classes by their import path: `"_class_name": "ICLEVRPipeline"` and
+`"unet": ["pipeline.conditional_unet", "ConditionalUNet2DModel"]`, which resolve only where `pipeline` is importable.
+diffusers 0.42's remote-code loading (pipelines/pipeline_loading_utils.py, utils/dynamic_modules_utils.py) finds:
+  * the pipeline class from `"_class_name": ["pipeline_iclevr", "ICLEVRPipeline"]` with `pipeline_iclevr.py` at the
+    folder (or repo) root; the files it imports relatively (`conditional_unet.py`, `vocabulary.py`) must sit beside
+    it, because diffusers copies them along into its module cache;
+  * a custom component from `"unet": ["conditional_unet", "ConditionalUNet2DModel"]` with `unet/conditional_unet.py`
+    beside the weights. unet/config.json keeps `"_class_name": "ConditionalUNet2DModel"`: it is compared with the
+    class's bare name only.
+`DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)` then imports that code from copies in
+HF_MODULES_CACHE ($HF_HOME/modules/diffusers_modules/).
+
+One folder cannot serve both loaders: once a folder holds its own pipeline file, diffusers loads that file's class
+whichever class `from_pretrained` is called on (`_resolve_custom_pipeline_and_cls` runs before the caller's class is
+considered), so `ICLEVRPipeline.from_pretrained(folder)` then asks for trust_remote_code and returns the folder's copy
+of the class. So `export_pipeline` writes a *separate* folder and never touches the training output, which stays
+loadable with `ICLEVRPipeline.from_pretrained`; `make_self_describing` rewrites a folder in place for callers that want
+the folder itself loadable by plain diffusers (and then load it with DiffusionPipeline + trust_remote_code, in this
+repo too).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+from pipeline import ICLEVRPipeline, LabelVocabulary
+from pipeline.vocabulary import DEFAULT_MAX_OBJECTS
+from training.model_card import render_model_card
+from training.sampling import validation_label_lists
+
+CODE_DIR = Path(inspect.getfile(ICLEVRPipeline)).parent  # the package that ships as remote code
+CODE_PACKAGE = CODE_DIR.name
+PIPELINE_FILE = Path(inspect.getfile(ICLEVRPipeline))
+MODEL_INDEX = "model_index.json"
+MODEL_CARD = "README.md"
+SAMPLES = "samples.png"  # the training script's final grid of its validation label lists
+TRAINING_ARGS = "training_args.json"  # the training script's arguments, vars(args)
+EVALUATION_REPORT = "report.json"  # scripts/evaluate.py's report
+# Extra files of a training output folder that belong on the Hub; checkpoints, logs, validation grids stay behind.
+EXTRA_FILES = (SAMPLES, TRAINING_ARGS)
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ExportError(ValueError):
+    """A folder that cannot be exported; the message says what was wrong and what to give instead."""
+
+
+def read_pipeline_index(model_dir: str | Path) -> dict[str, Any]:
+    """model_index.json of an ICLEVRPipeline folder, as save_pretrained or `make_self_describing` wrote it."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ExportError(f"model_dir {model_dir} is not a folder; give the --output_dir of a finished training run")
+    index_file = model_dir / MODEL_INDEX
+    if not index_file.is_file():
+        raise ExportError(
+            f"{model_dir} has no {MODEL_INDEX}, so it is not a saved pipeline; give the folder that "
+            "ICLEVRPipeline.save_pretrained wrote (a training run's --output_dir, not a checkpoint-STEP folder)"
+        )
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ExportError(
+            f"{index_file} is not valid JSON ({error}); re-save the pipeline with save_pretrained"
+        ) from None
+    class_name = index.get("_class_name") if isinstance(index, dict) else None
+    if isinstance(class_name, list) and len(class_name) == 2:
+        class_name = class_name[1]
+    if class_name != ICLEVRPipeline.__name__:
+        raise ExportError(
+            f"{index_file} describes a {class_name!r} pipeline; only {ICLEVRPipeline.__name__} folders can be exported"
+        )
+    return index
+
+
+def _components(index: dict[str, Any]) -> dict[str, list]:
+    """Component name -> [library, class] entries (labels and other plain settings are not components)."""
+    return {
+        name: value
+        for name, value in index.items()
+        if not name.startswith("_")
+        and isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, str) for v in value)
+    }
+
+
+def _own_module(library: str) -> str | None:
+    """The module name inside `pipeline/` for a component of this repo ("pipeline.conditional_unet" as
+    save_pretrained records it, or "conditional_unet" once rewritten), else None."""
+    name = library.removeprefix(f"{CODE_PACKAGE}.")
+    return name if (CODE_DIR / f"{name}.py").is_file() else None
+
+
+def _copy_code(module_file: Path, target_dir: Path) -> None:
+    """Copies a module and every sibling file it imports relatively (found as diffusers finds them)."""
+    for path in sorted({module_file, *map(Path, get_relative_import_files(module_file))}):
+        shutil.copyfile(path, target_dir / path.name)
+
+
+def _check_hub_loadable(index: dict[str, Any], model_dir: Path) -> None:
+    """diffusers' Hub download (`_get_custom_components_and_folders`) reads *every* list in model_index.json whose
+    first item is a string as a [library, class] component; any other such list would fail there, far from here."""
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or not value or not isinstance(value[0], str):
+            continue
+        library = value[0]
+        if len(value) != 2 or not (library in LOADABLE_CLASSES or (model_dir / name / f"{library}.py").is_file()):
+            raise ExportError(
+                f"{model_dir / MODEL_INDEX}: {name!r} is a list, which diffusers' Hub loader would read as a "
+                f"[library, class] component and fail on; save it as a mapping (e.g. labels as objects.json's "
+                f"{{\"gray cube\": 0, ...}}) in the pipeline's config"
+            )
+
+
+def make_self_describing(model_dir: str | Path) -> Path:
+    """Rewrites a saved ICLEVRPipeline folder in place so that plain diffusers can load it anywhere.
+
+    Copies this checkout's pipeline code into the folder (pipeline_iclevr.py and its siblings at the root, each custom
+    component's module into its own folder) and rewrites model_index.json to the list form that names those files.
+    Idempotent. Afterwards load the folder with `DiffusionPipeline.from_pretrained(model_dir, trust_remote_code=True)`
+    (see the module docstring for why `ICLEVRPipeline.from_pretrained` then refuses it).
+    """
+    model_dir = Path(model_dir)
+    index = read_pipeline_index(model_dir)
+    for name, (library, class_name) in _components(index).items():
+        if library in LOADABLE_CLASSES:
+            continue
+        module = _own_module(library)
+        if module is None:
+            raise ExportError(
+                f"{model_dir / MODEL_INDEX}: component {name!r} is a {library}.{class_name}, which neither diffusers "
+                f"nor this repo's {CODE_PACKAGE}/ package provides; build the pipeline from {CODE_PACKAGE}/ classes"
+            )
+        if not (model_dir / name).is_dir():
+            raise ExportError(f"{model_dir} has no {name}/ folder for its {name!r} component; re-save the pipeline")
+        _copy_code(CODE_DIR / f"{module}.py", model_dir / name)
+        index[name] = [module, class_name]
+    _check_hub_loadable(index, model_dir)
+    _copy_code(PIPELINE_FILE, model_dir)
+    index["_class_name"] = [PIPELINE_FILE.stem, ICLEVRPipeline.__name__]
+    # The layout diffusers' save_config writes, so unchanged exports are byte-identical (and not re-uploaded).
+    (model_dir / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return model_dir
+
+
+def _copy_component(source: Path, target: Path) -> None:
+    pickled = sorted(p.name for p in source.rglob("*") if p.suffix in PICKLED_WEIGHTS)
+    if pickled:
+        raise ExportError(
+            f"{source} holds pickled weights ({', '.join(pickled)}); only safetensors are exported: re-save the "
+            "pipeline with save_pretrained (safetensors is its default)"
+        )
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{path} is not valid JSON ({error}); it should hold {what}") from None
+    if not isinstance(value, dict):
+        raise ExportError(f"{path} holds a JSON {type(value).__name__}; it should hold {what} (a JSON object)")
+    return value
+
+
+def _num_parameters(component_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for weights in sorted(component_dir.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as tensors:
+            for key in tensors.keys():
+                shape = tensors.get_slice(key).get_shape()
+                count = 1
+                for size in shape:
+                    count *= size
+                total += count
+    return total
+
+
+def _labels(index: dict[str, Any]) -> list[str]:
+    """The vocabulary in model input order; model_index.json keeps it as a list or as objects.json's mapping."""
+    labels = index.get("labels") or LabelVocabulary().labels
+    return sorted(labels, key=labels.__getitem__) if isinstance(labels, dict) else list(labels)
+
+
+def write_model_card(folder: str | Path, *, hub_model_id: str | None = None, revision: str | None = None) -> Path:
+    """Writes README.md for a self-describing pipeline folder from what the folder holds; returns its path."""
+    folder = Path(folder)
+    index = read_pipeline_index(folder)
+    labels = _labels(index)
+    unet_config = _read_json_object(folder / "unet" / "config.json", "the UNet config")
+    has_samples = (folder / SAMPLES).is_file()
+    training_args = folder / TRAINING_ARGS
+    report = folder / EVALUATION_REPORT
+    card = render_model_card(
+        repo_id=hub_model_id,
+        revision=revision,
+        labels=labels,
+        max_objects=DEFAULT_MAX_OBJECTS,
+        unet_config=unet_config,
+        num_parameters=_num_parameters(folder / "unet"),
+        scheduler=_components(index).get("scheduler", ["", "its scheduler"])[1],
+        code_files=sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/*.py")),
+        sample_lists=validation_label_lists(LabelVocabulary(labels)) if has_samples else None,
+        training_args=_read_json_object(training_args, "the training arguments") if training_args.is_file() else None,
+        evaluation=_read_json_object(report, "an evaluation report") if report.is_file() else None,
+    )
+    card.save(folder / MODEL_CARD)
+    return folder / MODEL_CARD
+
+
+def export_pipeline(
+    model_dir: str | Path,
+    export_dir: str | Path,
+    *,
+    hub_model_id: str | None = None,
+    revision: str | None = None,
+    evaluation_report: str | Path | None = None,
+) -> Path:
+    """Writes a self-describing copy of a trained pipeline folder to `export_dir` and returns it.
+
+    The copy holds model_index.json, the component folders (safetensors weights, configs, code), the pipeline code,
+    samples.png / training_args.json when present, the evaluation report (`evaluation_report`, else
+    `model_dir/report.json` when present) and a model card (README.md) whose snippet loads `hub_model_id` at
+    `revision`. Nothing else of the training output (checkpoints, logs, validation grids) is copied, and `model_dir`
+    is left as it was. An `export_dir` holding an earlier export is replaced; any other non-empty folder is refused.
+    """
+    model_dir, export_dir = Path(model_dir), Path(export_dir)
+    index = read_pipeline_index(model_dir)
+    if export_dir.resolve() == model_dir.resolve():
+        raise ExportError(f"export_dir {export_dir} is model_dir itself; give a separate folder for the export")
+    report = Path(evaluation_report) if evaluation_report is not None else model_dir / EVALUATION_REPORT
+    if evaluation_report is not None and not report.is_file():
+        raise ExportError(f"evaluation report {report} does not exist; give the report.json that evaluate.py wrote")
+    if export_dir.exists():
+        if not export_dir.is_dir() or (any(export_dir.iterdir()) and not (export_dir / MODEL_INDEX).is_file()):
+            raise ExportError(
+                f"export_dir {export_dir} exists and is not an earlier export; give a new or empty folder"
+            )
+        shutil.rmtree(export_dir)
+    export_dir.mkdir(parents=True)
+
+    shutil.copyfile(model_dir / MODEL_INDEX, export_dir / MODEL_INDEX)
+    for name in _components(index):
+        if not (model_dir / name).is_dir():
+            raise ExportError(f"{model_dir} has no {name}/ folder for its {name!r} component; re-save the pipeline")
+        _copy_component(model_dir / name, export_dir / name)
+    for extra in EXTRA_FILES:
+        if (model_dir / extra).is_file():
+            shutil.copyfile(model_dir / extra, export_dir / extra)
+    if report.is_file():
+        shutil.copyfile(report, export_dir / EVALUATION_REPORT)
+
+    make_self_describing(export_dir)
+    write_model_card(export_dir, hub_model_id=hub_model_id, revision=revision)
+    return export_dir

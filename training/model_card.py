@@ -1,0 +1,248 @@
+"""The model card (README.md) of an exported i-CLEVR pipeline: how to load it, its labels, training and evaluation.
+
+Pure rendering: `training.export` reads the folder's files and passes what it found; anything missing is left out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATE = """\
+---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A multi-label class-conditional diffusion model for i-CLEVR: give it up to {{ max_objects }} object labels
+("red sphere", "cyan cube", ...) and it draws a {{ resolution }}x{{ resolution }} scene containing those objects.
+It is a DDPM-trained UNet whose timestep embedding also receives a linear projection of the multi-hot label vector,
+sampled with classifier-free guidance (`guidance_scale`) and, by default, {{ scheduler }}.
+
+## Usage
+
+```python
+{{ snippet }}
+```
+
+`trust_remote_code=True` is needed because the pipeline and its UNet are not part of diffusers: their code ships in
+this repository (`{{ code_files | join("`, `") }}`) and diffusers imports it. Read that code before you trust it,
+and pin `revision` to a commit hash, so that later pushes cannot change the code you run.
+
+Label lists must use the labels below; an unknown name raises an error that names the closest label.
+`num_inference_steps` (default 25), `guidance_scale` (default 2.0; 1 turns guidance off), `generator`,
+`output_type` ("pil", "np", "pt") and `return_intermediates` (snapshots of the denoising process) are the other
+arguments.
+
+## Labels
+
+{{ labels | length }} labels, in the order of the model's multi-hot input; at most {{ max_objects }} per image:
+
+{{ label_table }}
+{% if sample_lists %}
+## Samples
+
+![Samples](samples.png)
+
+Label lists of the grid, left to right, top to bottom:
+{% for names in sample_lists %}
+{{ loop.index }}. {{ names | join(", ") }}
+{%- endfor %}
+{% endif %}
+## Model
+
+| | |
+|---|---|
+| Parameters | {{ "{:,}".format(num_parameters) }} |
+| Resolution | {{ resolution }}x{{ resolution }} |
+{%- for key, value in unet_rows %}
+| {{ key }} | {{ value }} |
+{%- endfor %}
+| Sampler | {{ scheduler }} |
+
+## Training
+{% if training_args %}
+{% if key_settings %}{{ key_settings }}
+{% endif %}
+<details>
+<summary>All training arguments (training_args.json)</summary>
+
+| argument | value |
+|---|---|
+{%- for key, value in training_args %}
+| `{{ key }}` | {{ value }} |
+{%- endfor %}
+
+</details>
+{% else %}
+The training arguments were not recorded with this model (no training_args.json).
+{% endif %}{% if evaluation %}
+## Evaluation
+
+{{ evaluation }}
+
+The raw numbers are in [report.json](report.json).
+{% endif %}"""
+
+# The settings worth a line of their own; the full list goes into a collapsed table.
+KEY_SETTINGS = (
+    ("model_config_name_or_path", "model"),
+    ("dataset_name", "data set"),
+    ("train_data_dir", "data folder"),
+    ("resolution", "resolution"),
+    ("max_train_steps", "optimiser steps"),
+    ("num_train_epochs", "epochs"),
+    ("train_batch_size", "batch size per device"),
+    ("learning_rate", "learning rate"),
+    ("lr_scheduler", "LR schedule"),
+    ("label_dropout", "label dropout"),
+    ("use_ema", "EMA"),
+    ("mixed_precision", "mixed precision"),
+    ("seed", "seed"),
+)
+UNET_KEYS = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "attention_head_dim")
+
+
+def loading_snippet(repo_id: str | None, revision: str | None = None) -> str:
+    """The Python lines that load the pipeline from `repo_id` (or this folder) and generate one image."""
+    source = repo_id or "path/to/this/folder"
+    pin = f'"{revision}"' if revision else '"main"'
+    return (
+        "import torch\n"
+        "from diffusers import DiffusionPipeline\n"
+        "\n"
+        f'pipe = DiffusionPipeline.from_pretrained("{source}", trust_remote_code=True, revision={pin})'
+        "  # pin a commit hash\n"
+        "generator = torch.Generator().manual_seed(0)\n"
+        'image = pipe(labels=[["red sphere", "cyan cube"]], generator=generator).images[0]\n'
+        'image.save("red-sphere-cyan-cube.png")'
+    )
+
+
+def _cell(value: Any) -> str:
+    """A value as one markdown table cell."""
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(_cell(v) for v in value)
+    elif isinstance(value, dict):
+        text = json.dumps(value, sort_keys=True)
+    elif value is None:
+        text = "-"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _label_table(labels: Sequence[str], columns: int = 8) -> str:
+    rows = [labels[i : i + columns] for i in range(0, len(labels), columns)]
+    header = "| " + " | ".join(" " for _ in range(min(columns, len(labels)))) + " |"
+    rule = "|" + "---|" * min(columns, len(labels))
+    body = [
+        "| " + " | ".join(f"{i * columns + j}: {name}" for j, name in enumerate(row)) + " |"
+        for i, row in enumerate(rows)
+    ]
+    return "\n".join([header, rule, *body])
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _summary(values: dict[str, Any]) -> dict[str, Any]:
+    """The scalars of one report entry: nested objects of at most three scalars are flattened ("accuracy.mean"),
+    bigger ones (per-label recall, per-seed results) are left to the raw report; X_mean/X_std pairs become X."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if _is_scalar(value) or (isinstance(value, list) and all(map(_is_scalar, value))):
+            flat[str(key)] = value
+        elif isinstance(value, dict) and len(value) <= 3 and all(map(_is_scalar, value.values())):
+            flat.update({f"{key}.{inner}": item for inner, item in value.items()})
+    merged: dict[str, Any] = {}
+    for key, value in flat.items():
+        for mean, std in (("_mean", "_std"), (".mean", ".std")):
+            if key.endswith(mean) and isinstance(flat.get(key[: -len(mean)] + std), (int, float)):
+                merged[key[: -len(mean)]] = f"{_cell(value)} ± {_cell(flat[key[: -len(mean)] + std])}"
+                break
+            if key.endswith(std) and isinstance(flat.get(key[: -len(std)] + mean), (int, float)):
+                break
+        else:
+            merged[key] = value
+    return merged
+
+
+def evaluation_markdown(report: dict[str, Any]) -> str:
+    """An evaluation report as markdown, tolerant of its exact layout.
+
+    One table row per condition set: the entries of `report["condition_sets"]` if present, else every top-level
+    object but "settings" (e.g. {"test.json": {"accuracy": {"mean": .., "std": ..}}}); mean/std pairs are shown as
+    "mean ± std". The top-level scalars and the scalar settings are listed below the table.
+    """
+    sets = report.get("condition_sets")
+    if not isinstance(sets, dict):
+        sets = {key: value for key, value in report.items() if isinstance(value, dict) and key != "settings"}
+    rows = {name: _summary(values) for name, values in sets.items() if isinstance(values, dict)}
+    lines = []
+    if rows:
+        columns = list(dict.fromkeys(column for row in rows.values() for column in row))
+        lines.append("| condition set | " + " | ".join(columns) + " |")
+        lines.append("|---|" + "---|" * len(columns))
+        for name, row in rows.items():
+            lines.append(f"| {_cell(name)} | " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    others = _summary({k: v for k, v in report.items() if k not in rows and k not in ("condition_sets", "settings")})
+    settings = report.get("settings")
+    if isinstance(settings, dict):
+        others.update({f"settings.{key}": value for key, value in _summary(settings).items()})
+    if others:
+        lines.append("")
+        lines.extend(f"- {name}: {_cell(value)}" for name, value in others.items())
+    return "\n".join(lines).strip()
+
+
+def render_model_card(
+    *,
+    repo_id: str | None,
+    revision: str | None,
+    labels: Sequence[str],
+    max_objects: int,
+    unet_config: dict[str, Any],
+    num_parameters: int,
+    scheduler: str,
+    code_files: Sequence[str],
+    sample_lists: Sequence[Sequence[str]] | None = None,
+    training_args: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> ModelCard:
+    """The model card; `sample_lists` (label lists of samples.png), `training_args` and `evaluation` are optional."""
+    dataset = (training_args or {}).get("dataset_name")
+    card_data = ModelCardData(
+        library_name="diffusers",
+        tags=["diffusers", "i-clevr", "ddpm", "class-conditional", "classifier-free-guidance", "image-generation"],
+        datasets=[dataset] if dataset and "/" in str(dataset) else None,
+    )
+    settings = [
+        f"{title}: {_cell(training_args[key])}"
+        for key, title in KEY_SETTINGS
+        if training_args and training_args.get(key) not in (None, "", "none")
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE,
+        title=repo_id.split("/")[-1] if repo_id else "i-CLEVR conditional DDPM",
+        snippet=loading_snippet(repo_id, revision),
+        code_files=list(code_files),
+        labels=list(labels),
+        label_table=_label_table(list(labels)),
+        max_objects=max_objects,
+        resolution=unet_config.get("sample_size"),
+        unet_rows=[(key, _cell(unet_config[key])) for key in UNET_KEYS if key in unet_config],
+        num_parameters=num_parameters,
+        scheduler=scheduler,
+        sample_lists=[list(names) for names in sample_lists] if sample_lists else None,
+        training_args=[(key, _cell(value)) for key, value in training_args.items()] if training_args else None,
+        key_settings="; ".join(settings),
+        evaluation=evaluation_markdown(evaluation) if evaluation else None,
+    )

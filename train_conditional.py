@@ -10,6 +10,7 @@ EMA -> checkpoints and validation grids -> an `ICLEVRPipeline` saved to --output
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -29,6 +30,8 @@ from pipeline import ConditionalUNet2DModel
 from training.args import parse_args
 from training.checkpointing import checkpoint_step, resolve_resume_checkpoint, save_checkpoint
 from training.data import load_training_set
+from training.evaluation import load_training_evaluation
+from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss
 from training.sampling import build_pipeline, ema_weights, sample_grid, validation_label_lists
@@ -129,20 +132,30 @@ def main(args: argparse.Namespace) -> None:
     )
 
     validation_lists = validation_label_lists(vocabulary)
+    # With --evaluator_checkpoint: the evaluator's accuracy on the condition files, and the best pipeline in best/.
+    evaluation = load_training_evaluation(args, vocabulary, accelerator)
 
     def run_validation(step: int) -> None:
-        """Samples the fixed label lists with the EMA weights and a fixed generator (main process only)."""
+        """With the EMA weights: the evaluation (every process takes a share), then the main process samples the
+        fixed label lists with a fixed generator.
+        """
         sampling_model = accelerator.unwrap_model(model)
         with ema_weights(ema, sampling_model), accelerator.autocast():
             sampling_model.eval()
-            grid, images = sample_grid(
-                build_pipeline(sampling_model, noise_scheduler, vocabulary),
-                validation_lists,
-                num_inference_steps=args.validation_inference_steps,
-                guidance_scale=args.validation_guidance_scale,
-                seed=args.seed,
-            )
+            pipeline = build_pipeline(sampling_model, noise_scheduler, vocabulary)
+            if evaluation is not None:
+                evaluation(accelerator, pipeline, step)
+            if accelerator.is_main_process:
+                grid, images = sample_grid(
+                    pipeline,
+                    validation_lists,
+                    num_inference_steps=args.validation_inference_steps,
+                    guidance_scale=args.validation_guidance_scale,
+                    seed=args.seed,
+                )
             sampling_model.train()
+        if not accelerator.is_main_process:
+            return
         (output_dir / "validation").mkdir(parents=True, exist_ok=True)
         grid.save(output_dir / "validation" / f"step-{step:06d}.png")
         log_images(accelerator, "validation", images, [", ".join(names) for names in validation_lists], step)
@@ -199,7 +212,7 @@ def main(args: argparse.Namespace) -> None:
 
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+            if global_step % args.validation_steps == 0:
                 run_validation(global_step)
             if global_step >= max_train_steps:
                 break
@@ -212,6 +225,8 @@ def main(args: argparse.Namespace) -> None:
         if ema is not None:
             ema.copy_to(final_model.parameters())
         build_pipeline(final_model, noise_scheduler, vocabulary).save_pretrained(output_dir)
+        # The model card of a Hub push shows these settings.
+        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True))
         with accelerator.autocast():
             grid, _ = sample_grid(
                 build_pipeline(final_model.eval(), noise_scheduler, vocabulary),
@@ -222,6 +237,11 @@ def main(args: argparse.Namespace) -> None:
             )
         grid.save(output_dir / "samples.png")
         logger.info(f"Saved the pipeline and samples.png to {output_dir}")
+        if args.push_to_hub:
+            commit = push_pipeline_to_hub(
+                output_dir, args.hub_model_id, private=args.hub_private_repo, revision=args.hub_revision
+            )
+            logger.info(f"Pushed to the Hub: {commit.commit_url}")
     accelerator.end_training()
 
 

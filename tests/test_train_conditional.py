@@ -134,3 +134,9 @@ def test_a_resolution_that_is_not_a_multiple_of_8_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--resolution", "30"])
     assert "--resolution must be a multiple of 8" in capsys.readouterr().err
+
+
+def test_push_to_hub_without_a_repo_id_is_refused_before_training(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--push_to_hub"])
+    assert "--push_to_hub needs --hub_model_id" in capsys.readouterr().err

@@ -8,6 +8,8 @@ from typing import Sequence
 
 from diffusers.optimization import SchedulerType
 
+from training.hub import HubError, check_repo_id
+
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
 
 
@@ -99,9 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Sample a grid of fixed label lists with the EMA weights every this many steps.")
     run.add_argument("--validation_inference_steps", type=_positive_int, default=25)
     run.add_argument("--validation_guidance_scale", type=float, default=2.0)
+    run.add_argument("--evaluator_checkpoint", type=str, default=None,
+                     help="An evaluator checkpoint (checkpoint.pth): at every validation, score the EMA model on the "
+                          "evaluation conditions, log the accuracy and keep the best pipeline in output_dir/best.")
+    run.add_argument("--evaluation_conditions", type=str, nargs="+", default=None, metavar="FILE",
+                     help="Condition files to score (default: test.json and new_test.json of the training folder, "
+                          "else of the built-in synthetic render).")
     run.add_argument("--report_to", choices=REPORT_TO_CHOICES, default="tensorboard")
     run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
     run.add_argument("--tracker_project_name", type=str, default="iclevr-ddpm")
+
+    hub = parser.add_argument_group("Hugging Face Hub")
+    hub.add_argument("--push_to_hub", action="store_true",
+                     help="At the end, push the pipeline as a self-describing repo (code, weights, model card).")
+    hub.add_argument("--hub_model_id", type=str, default=None, help="namespace/name of the model repo.")
+    hub.add_argument("--hub_private_repo", action="store_true", help="Create the repo as private.")
+    hub.add_argument("--hub_revision", type=str, default=None, help="Push to this branch instead of main.")
     return parser
 
 
@@ -112,4 +127,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give either --train_data_dir or --dataset_name, not both")
     if args.resolution < 8 or args.resolution % 8:
         parser.error(f"--resolution must be a multiple of 8 and at least 8 (e.g. 64 or 32), got {args.resolution}")
+    if args.push_to_hub:
+        if not args.hub_model_id:
+            parser.error("--push_to_hub needs --hub_model_id namespace/name, e.g. your-name/iclevr-ddpm")
+        try:
+            check_repo_id(args.hub_model_id)
+        except HubError as error:
+            parser.error(str(error))
+    elif args.hub_model_id or args.hub_private_repo or args.hub_revision:
+        parser.error("--hub_model_id, --hub_private_repo and --hub_revision take effect with --push_to_hub")
+    if args.evaluation_conditions and not args.evaluator_checkpoint:
+        parser.error("--evaluation_conditions needs --evaluator_checkpoint, the classifier that scores the images")
     return args

@@ -31,11 +31,14 @@ from tqdm.auto import tqdm
 from pipeline import ICLEVRPipeline, LabelVocabulary
 from training.data import builtin_synthetic_dir, load_condition_file
 from training.evaluator import classify, evaluation_metrics, load_evaluator
+from training.sampling import X0_CLIPPING
 
 SCHEDULERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
-    "ddim": DDIMScheduler.from_config,
-    "ddpm": DDPMScheduler.from_config,
+    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(
+        config, algorithm_type="dpmsolver++", **X0_CLIPPING
+    ),
+    "ddim": lambda config: DDIMScheduler.from_config(config, **X0_CLIPPING),
+    "ddpm": lambda config: DDPMScheduler.from_config(config, **X0_CLIPPING),
 }
 CONDITION_FILE_NAMES = ("test.json", "new_test.json")
 GRID_COLUMNS = 8

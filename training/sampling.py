@@ -13,6 +13,10 @@ from PIL import Image
 
 from pipeline import ICLEVRPipeline, LabelVocabulary
 
+# Pixel-space sampling clips each step's x0 prediction to the image range [-1, 1] (dynamic thresholding capped at
+# 1.0 is exactly that clip). Without it DPM-Solver++ turns an imperfect epsilon at high noise into pure noise.
+X0_CLIPPING = {"thresholding": True, "sample_max_value": 1.0}
+
 # Fixed label lists for the validation grid; the first is the course's denoising-process example.
 VALIDATION_LABELS = (
     ("red sphere", "cyan cylinder", "cyan cube"),
@@ -36,7 +40,9 @@ def build_pipeline(
     model: torch.nn.Module, noise_scheduler: DDPMScheduler, vocabulary: LabelVocabulary
 ) -> ICLEVRPipeline:
     """The inference pipeline for a training model, with DPM-Solver++ (25 steps) as its fast default sampler."""
-    scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler.config, algorithm_type="dpmsolver++")
+    scheduler = DPMSolverMultistepScheduler.from_config(
+        noise_scheduler.config, algorithm_type="dpmsolver++", **X0_CLIPPING
+    )
     pipeline = ICLEVRPipeline(unet=model, scheduler=scheduler, labels=vocabulary.labels)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

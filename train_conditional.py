@@ -2,9 +2,11 @@
 """Train a multi-label class-conditional DDPM on i-CLEVR with Accelerate.
 
     accelerate launch train_conditional.py --model_config_name_or_path cpu --use_ema --mixed_precision bf16
+    accelerate launch --config_file accelerate_config.yaml train_conditional.py --model_config_name_or_path gpu ...
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train_conditional.py ...  # 2 CPU processes
 
 Data (built-in synthetic i-CLEVR by default) -> conditional UNet -> epsilon-MSE training with label dropout ->
-EMA -> checkpoints and validation grids -> an `ICLEVRPipeline` saved to --output_dir.
+EMA -> checkpoints, validation grids and evaluation -> an `ICLEVRPipeline` saved to --output_dir.
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ from pipeline import ConditionalUNet2DModel
 from training.args import parse_args
 from training.checkpointing import checkpoint_step, resolve_resume_checkpoint, save_checkpoint
 from training.data import load_training_set
-from training.evaluation import load_training_evaluation
+from training.distributed import LaunchError, check_one_distributed_run, parameter_checksum
+from training.evaluation import denoising_figure, image_grid, load_training_evaluation
 from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss
-from training.sampling import build_pipeline, ema_weights, sample_grid, validation_label_lists
-from training.tracking import log_images, tracker_config
+from training.precision import apply_memory_format, create_optimizer, enable_tf32
+from training.sampling import build_pipeline
+from training.stability import NonFiniteGuard, TrainingDivergedError
+from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
+from training.validation import Validation
 
 logger = get_logger(__name__)
 
@@ -49,10 +55,14 @@ def main(args: argparse.Namespace) -> None:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
         # Per-epoch shuffles derived from the seed, so a resumed run sees the batches the first run would have.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Accelerate compiles the model last in prepare(), around the DDP wrapper; None keeps the launch config's.
+        dynamo_backend="inductor" if args.torch_compile else None,
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    check_one_distributed_run(accelerator)
     set_seed(args.seed)
+    tf32 = enable_tf32(accelerator.device)
 
     # --- data: the main process renders / preprocesses into the cache first, the others then read it
     with accelerator.main_process_first():
@@ -73,6 +83,7 @@ def main(args: argparse.Namespace) -> None:
 
     # --- model, noise schedule, EMA, optimiser
     model = create_model(args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary))
+    model = apply_memory_format(model, args.channels_last)
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
     ema = None
     if args.use_ema:
@@ -85,13 +96,7 @@ def main(args: argparse.Namespace) -> None:
             model_cls=ConditionalUNet2DModel,
             model_config=model.config,
         )
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
+    optimizer = create_optimizer(model, args, accelerator.device)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
 
     # --- schedule length, from the dataloader as sharded across processes
@@ -111,7 +116,7 @@ def main(args: argparse.Namespace) -> None:
         accelerator.register_for_checkpointing(ema)
 
     # --- resume: weights, optimiser, LR schedule, EMA, RNG; then skip the batches this epoch already used
-    global_step, first_epoch, skip_batches = 0, 0, 0
+    global_step, first_epoch, skip_batches, checkpoint = 0, 0, 0, None
     if args.resume_from_checkpoint:
         checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
         if checkpoint is None:
@@ -123,42 +128,40 @@ def main(args: argparse.Namespace) -> None:
             first_epoch, updates_done = divmod(global_step, updates_per_epoch)
             skip_batches = updates_done * args.gradient_accumulation_steps
 
-    accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
     images_per_update = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    # How this launch trains, as resolved from the flags and the launch: in output_dir/run_info.json, and over
+    # the flags of the same name in the tracker config.
+    run_info = {
+        "num_processes": accelerator.num_processes,
+        "distributed_type": accelerator.distributed_type.value,
+        "device": accelerator.device.type,
+        "mixed_precision": accelerator.mixed_precision,
+        "tf32": tf32,
+        "fused_adamw": bool(optimizer.defaults["fused"]),
+        "dynamo_backend": accelerator.state.dynamo_plugin.backend.value,
+        "images_per_update": images_per_update,
+        "updates_per_epoch": updates_per_epoch,
+        "max_train_steps": max_train_steps,
+        "num_train_epochs": num_epochs,
+    }
+    init_trackers(accelerator, args, {**tracker_config(args), **run_info}, resumed_from=checkpoint)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
     logger.info(
         f"{len(train_set)} images, {len(vocabulary)} labels; {max_train_steps} optimiser steps over {num_epochs} "
         f"epochs; {images_per_update} images per step ({accelerator.num_processes} processes x "
         f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation)"
     )
 
-    validation_lists = validation_label_lists(vocabulary)
-    # With --evaluator_checkpoint: the evaluator's accuracy on the condition files, and the best pipeline in best/.
-    evaluation = load_training_evaluation(args, vocabulary, accelerator)
-
-    def run_validation(step: int) -> None:
-        """With the EMA weights: the evaluation (every process takes a share), then the main process samples the
-        fixed label lists with a fixed generator.
-        """
-        sampling_model = accelerator.unwrap_model(model)
-        with ema_weights(ema, sampling_model), accelerator.autocast():
-            sampling_model.eval()
-            pipeline = build_pipeline(sampling_model, noise_scheduler, vocabulary)
-            if evaluation is not None:
-                evaluation(accelerator, pipeline, step)
-            if accelerator.is_main_process:
-                grid, images = sample_grid(
-                    pipeline,
-                    validation_lists,
-                    num_inference_steps=args.validation_inference_steps,
-                    guidance_scale=args.validation_guidance_scale,
-                    seed=args.seed,
-                )
-            sampling_model.train()
-        if not accelerator.is_main_process:
-            return
-        (output_dir / "validation").mkdir(parents=True, exist_ok=True)
-        grid.save(output_dir / "validation" / f"step-{step:06d}.png")
-        log_images(accelerator, "validation", images, [", ".join(names) for names in validation_lists], step)
+    validation = Validation(
+        accelerator, noise_scheduler, vocabulary, output_dir,
+        num_inference_steps=args.validation_inference_steps, guidance_scale=args.validation_guidance_scale,
+        seed=args.seed,
+        # With --evaluator_checkpoint: the accuracy on the condition files, and the best pipeline in best/.
+        evaluation=load_training_evaluation(args, vocabulary, accelerator),
+    )  # fmt: skip
+    guard = NonFiniteGuard(accelerator)
 
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_local_main_process
@@ -166,6 +169,8 @@ def main(args: argparse.Namespace) -> None:
     step_loss = torch.zeros((), device=accelerator.device)
     tick = time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:  # resumed from the last checkpoint
+            break
         model.train()
         train_dataloader.set_epoch(epoch)
         train_set.set_epoch(epoch)
@@ -184,21 +189,25 @@ def main(args: argparse.Namespace) -> None:
                 )
                 step_loss += loss.detach() / args.gradient_accumulation_steps
                 accelerator.backward(loss)
+                grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
+                if guard.allows_step(grad_norm):  # not with a non-finite loss or gradient
+                    optimizer.step()
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
 
-            # --- one real optimiser step is done
-            if ema is not None:
-                ema.step(model.parameters())
+            # --- one optimiser step is done (or skipped: it warns, and aborts after too many in a row)
             global_step += 1
+            mean_loss = accelerator.reduce(step_loss, "mean").item()
+            step_skipped = guard.record(global_step, mean_loss, grad_norm)
+            if ema is not None and not step_skipped:
+                ema.step(model.parameters())
             now = time.perf_counter()
             logs = {
-                "loss": accelerator.reduce(step_loss, "mean").item(),
+                "loss": mean_loss,
                 "lr": lr_scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm),
                 "images_per_second": images_per_update / (now - tick),
@@ -213,30 +222,40 @@ def main(args: argparse.Namespace) -> None:
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if global_step % args.validation_steps == 0:
-                run_validation(global_step)
+                validation(model, ema, global_step)
             if global_step >= max_train_steps:
                 break
     progress.close()
 
-    # --- export: the pipeline with the EMA weights, and a final sample grid
+    # --- export: the pipeline with the EMA weights, a final sample grid, the denoising process
     accelerator.wait_for_everyone()
+    final_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    # Equal on every process only if the gradients were averaged across them: one distributed run.
+    logger.info(
+        f"process {accelerator.process_index} of {accelerator.num_processes}: parameter checksum "
+        f"{parameter_checksum(final_model)}",
+        main_process_only=False,
+    )
+    if ema is not None:
+        ema.copy_to(final_model.parameters())
+    pipeline = build_pipeline(final_model.eval(), noise_scheduler, vocabulary)
+    with accelerator.autocast():
+        final_images = validation.sample(pipeline)  # every process samples a share
     if accelerator.is_main_process:
-        final_model = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(final_model.parameters())
-        build_pipeline(final_model, noise_scheduler, vocabulary).save_pretrained(output_dir)
+        pipeline.save_pretrained(output_dir)
         # The model card of a Hub push shows these settings.
         (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True))
+        image_grid(final_images).save(output_dir / "samples.png")
         with accelerator.autocast():
-            grid, _ = sample_grid(
-                build_pipeline(final_model.eval(), noise_scheduler, vocabulary),
-                validation_lists,
-                num_inference_steps=args.validation_inference_steps,
-                guidance_scale=args.validation_guidance_scale,
-                seed=args.seed,
+            figure = denoising_figure(
+                pipeline, validation.label_lists[0], num_inference_steps=args.validation_inference_steps,
+                guidance_scale=args.validation_guidance_scale, seed=args.seed,
             )
-        grid.save(output_dir / "samples.png")
-        logger.info(f"Saved the pipeline and samples.png to {output_dir}")
+        figure.save(output_dir / "denoising_process.png")
+        log_images(accelerator, "denoising_process", [figure], [validation.captions[0]], global_step)
+        logger.info(f"Saved the pipeline, samples.png and denoising_process.png to {output_dir}")
+        if args.log_pipeline_artifact:
+            log_pipeline_artifact(accelerator, output_dir, global_step)
         if args.push_to_hub:
             commit = push_pipeline_to_hub(
                 output_dir, args.hub_model_id, private=args.hub_private_repo, revision=args.hub_revision
@@ -246,4 +265,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except (LaunchError, TrainingDivergedError) as error:
+        raise SystemExit(f"error: {error}") from None

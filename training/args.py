@@ -9,6 +9,7 @@ from typing import Sequence
 from diffusers.optimization import SchedulerType
 
 from training.hub import HubError, check_repo_id
+from training.tracking import uses_wandb
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
 
@@ -81,12 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                       help="Defaults to the Accelerate config's value. bf16 also speeds up training on CPU.")
+                       help="Defaults to the Accelerate config's value. bf16 on Ampere+ GPUs and on CPU; fp16 on "
+                            "older GPUs (with loss scaling; overflowing steps are skipped).")
     optim.add_argument("--use_ema", action="store_true",
                        help="Keep an EMA of the weights; it is used for validation and the saved pipeline.")
     optim.add_argument("--ema_max_decay", type=float, default=0.9999)
     optim.add_argument("--ema_inv_gamma", type=float, default=1.0)
     optim.add_argument("--ema_power", type=float, default=3 / 4)
+
+    speed = parser.add_argument_group("speed (TF32 and fused AdamW are on by themselves on CUDA)")
+    speed.add_argument("--channels_last", action="store_true",
+                       help="Keep conv weights in the channels_last (NHWC) layout, which tensor-core kernels prefer "
+                            "under bf16/fp16 on CUDA; measure it with benchmarks/bench_training.py.")
+    speed.add_argument("--torch_compile", action="store_true",
+                       help="torch.compile the model (Accelerate's inductor dynamo backend, as with `accelerate "
+                            "launch --dynamo_backend inductor`); the first steps are slow while it compiles.")
 
     run = parser.add_argument_group("checkpoints, validation, logging")
     run.add_argument("--output_dir", type=str, default="iclevr-ddpm",
@@ -107,9 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--evaluation_conditions", type=str, nargs="+", default=None, metavar="FILE",
                      help="Condition files to score (default: test.json and new_test.json of the training folder, "
                           "else of the built-in synthetic render).")
-    run.add_argument("--report_to", choices=REPORT_TO_CHOICES, default="tensorboard")
-    run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
-    run.add_argument("--tracker_project_name", type=str, default="iclevr-ddpm")
+    run.add_argument("--report_to", choices=REPORT_TO_CHOICES, default="tensorboard",
+                     help="W&B works offline too (WANDB_MODE=offline; upload later with `wandb sync`).")
+    run.add_argument("--logging_dir", type=str, default="logs",
+                     help="Tracker folder (TensorBoard events, W&B run files), relative to --output_dir.")
+    run.add_argument("--tracker_project_name", type=str, default="iclevr-ddpm",
+                     help="The W&B project, and the TensorBoard subfolder of --logging_dir.")
+    run.add_argument("--tracker_run_name", type=str, default=None,
+                     help="The W&B run's display name (default: one W&B makes up). A run resumed from a checkpoint "
+                          "continues the W&B run that wrote it.")
+    run.add_argument("--log_pipeline_artifact", action="store_true",
+                     help="At the end, log the saved pipeline folder as a W&B artifact of type model.")
 
     hub = parser.add_argument_group("Hugging Face Hub")
     hub.add_argument("--push_to_hub", action="store_true",
@@ -136,6 +154,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(str(error))
     elif args.hub_model_id or args.hub_private_repo or args.hub_revision:
         parser.error("--hub_model_id, --hub_private_repo and --hub_revision take effect with --push_to_hub")
+    if not uses_wandb(args.report_to):
+        wandb_only = [flag for flag, value in (("--tracker_run_name", args.tracker_run_name),
+                                               ("--log_pipeline_artifact", args.log_pipeline_artifact)) if value]
+        if wandb_only:
+            parser.error(f"{' and '.join(wandb_only)}: W&B only; add --report_to wandb (or all), "
+                         f"not {args.report_to}")
     if args.evaluation_conditions and not args.evaluator_checkpoint:
         parser.error("--evaluation_conditions needs --evaluator_checkpoint, the classifier that scores the images")
     return args

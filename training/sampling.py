@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.training_utils import EMAModel
-from diffusers.utils import make_image_grid
-from PIL import Image
 
 from pipeline import ICLEVRPipeline, LabelVocabulary
 
@@ -60,27 +58,3 @@ def ema_weights(ema: EMAModel | None, model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         ema.restore(model.parameters())
-
-
-def sample_grid(
-    pipeline: ICLEVRPipeline,
-    label_lists: Sequence[Sequence[str]],
-    *,
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    columns: int = 8,
-) -> tuple[Image.Image, list[Image.Image]]:
-    """Samples one image per label list with a fixed generator; returns the grid and the single images."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    images = pipeline(
-        labels=[list(names) for names in label_lists],
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        generator=generator,
-        output_type="pil",
-    ).images
-    columns = min(columns, len(images))
-    rows = -(-len(images) // columns)
-    padded = images + [Image.new("RGB", images[0].size, "white")] * (rows * columns - len(images))
-    return make_image_grid(padded, rows=rows, cols=columns), images

@@ -1,0 +1,154 @@
+"""The GPU path of train_conditional.py, as far as a CPU can run it: a compiled, channels_last, bf16 run that saves
+and reloads; CUDA-only speed-ups chosen for CUDA only; the guard against non-finite losses and gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate import PartialState
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO_ROOT
+from pipeline import ICLEVRPipeline
+from training.args import parse_args
+from training.model_presets import create_model
+from training.precision import create_optimizer, enable_tf32
+from training.stability import MAX_CONSECUTIVE_SKIPPED_STEPS, NonFiniteGuard, TrainingDivergedError
+
+TINY = ["--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "4",
+        "--validation_inference_steps", "1", "--report_to", "tensorboard"]  # fmt: skip
+
+
+def launch(*args: str, dynamo_backend: str = "no", mixed_precision: str = "no") -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--dynamo_backend", dynamo_backend, "--mixed_precision", mixed_precision,
+               str(REPO_ROOT / "train_conditional.py"), *args]  # fmt: skip
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def logged_scalars(output_dir: Path, tag: str) -> dict[int, float]:
+    (events,) = (output_dir / "logs" / "iclevr-ddpm").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+@pytest.fixture(scope="module")
+def compiled_run(tiny_iclevr_dir, tmp_path_factory) -> Path:
+    """torch.compile through Accelerate's dynamo backend ("eager": dynamo's graph capture and the compiled-module
+    wrapper without inductor's minutes of code generation), channels_last weights, bf16 autocast, EMA.
+    """
+    output_dir = tmp_path_factory.mktemp("gpu-path") / "run"
+    result = launch(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
+                    "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "2", "--use_ema",
+                    "--channels_last", dynamo_backend="eager", mixed_precision="bf16")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def diverging_run(tiny_iclevr_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A learning rate of 1e30: the first step throws the weights to ~1e30, every later loss is NaN."""
+    output_dir = tmp_path_factory.mktemp("diverging") / "run"
+    result = launch(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
+                    "--max_train_steps", "40", "--learning_rate", "1e30", "--lr_scheduler", "constant",
+                    "--lr_warmup_steps", "0", "--checkpointing_steps", "5", "--validation_steps", "100")  # fmt: skip
+    return output_dir, result
+
+
+def test_a_compiled_channels_last_bf16_run_saves_plain_weights_and_a_loadable_pipeline(compiled_run):
+    info = json.loads((compiled_run / "run_info.json").read_text())
+    checkpoint = load_file(compiled_run / "checkpoint-2" / "model.safetensors")
+    pipeline = ICLEVRPipeline.from_pretrained(compiled_run)
+    images = pipeline([["red sphere"]], num_inference_steps=1, output_type="np").images
+
+    assert (info["dynamo_backend"], info["mixed_precision"]) == ("EAGER", "bf16")
+    assert set(checkpoint) == set(create_model("tiny", sample_size=32).state_dict())  # no compiled-module prefix
+    assert images.shape == (1, 32, 32, 3)
+
+
+def test_cuda_only_speedups_stay_off_on_the_cpu(compiled_run):
+    info = json.loads((compiled_run / "run_info.json").read_text())
+
+    assert info["tf32"] is False
+    assert info["fused_adamw"] is False
+
+
+def test_fused_adamw_is_chosen_for_cuda():
+    model = create_model("tiny", sample_size=32)
+
+    assert create_optimizer(model, parse_args([]), torch.device("cuda")).defaults["fused"] is True
+    assert create_optimizer(model, parse_args([]), torch.device("cpu")).defaults["fused"] is False
+
+
+def test_tf32_is_enabled_for_cuda_through_flags_both_torch_apis_can_read():
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert enable_tf32(torch.device("cpu")) is False
+        assert torch.get_float32_matmul_precision() == before
+
+        assert enable_tf32(torch.device("cuda")) is True
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_a_diverging_run_stops_with_a_one_line_error_after_repeated_skipped_steps(diverging_run):
+    output_dir, result = diverging_run
+    limit = MAX_CONSECUTIVE_SKIPPED_STEPS
+
+    assert result.returncode != 0
+    assert f"error: training diverged: {limit} optimiser steps in a row (up to step {limit + 1})" in result.stderr
+    assert result.stderr.count("skipped the optimiser step") == limit - 1
+    assert not (output_dir / "model_index.json").exists()
+
+
+def test_skipped_steps_leave_the_weights_finite(diverging_run):
+    output_dir, _ = diverging_run
+    grad_norms = logged_scalars(output_dir, "grad_norm")
+    weights = load_file(output_dir / "checkpoint-10" / "model.safetensors")
+
+    assert math.isfinite(grad_norms[1])
+    assert all(math.isnan(grad_norms[step]) for step in range(2, 11))
+    # An AdamW step with NaN gradients would have made them NaN.
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def _stand_in_accelerator(*, fp16: bool) -> SimpleNamespace:
+    """The two things the guard reads from an Accelerator; fp16's GradScaler exists only on GPUs."""
+    PartialState()  # Accelerate's logger needs the process state
+    return SimpleNamespace(scaler=object() if fp16 else None, optimizer_step_was_skipped=False)
+
+
+def test_the_guard_counts_only_consecutive_skipped_steps():
+    guard = NonFiniteGuard(_stand_in_accelerator(fp16=False), limit=3)
+    nan, one = torch.tensor(math.nan), torch.tensor(1.0)
+
+    assert guard.allows_step(nan) is False and guard.allows_step(one) is True and guard.allows_step(None) is True
+    assert [guard.record(step, 0.0, norm) for step, norm in enumerate([nan, nan, one, nan, nan], 1)] == [
+        True, True, False, True, True]  # fmt: skip
+    with pytest.raises(TrainingDivergedError, match="3 optimiser steps in a row"):
+        guard.record(6, math.nan, nan)
+
+
+def test_under_fp16_the_guard_leaves_the_step_to_the_grad_scaler_and_counts_its_skips():
+    accelerator = _stand_in_accelerator(fp16=True)
+    guard = NonFiniteGuard(accelerator, limit=2)
+    inf = torch.tensor(math.inf)
+
+    assert guard.allows_step(inf) is True  # the scaler must see the step to skip it and lower its scale
+    accelerator.optimizer_step_was_skipped = True
+    assert guard.record(1, 0.5, inf) is True
+    with pytest.raises(TrainingDivergedError):
+        guard.record(2, 0.5, inf)

@@ -1,0 +1,44 @@
+"""Several processes: refusing a launch whose processes do not form one run, and a cheap check that they did."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+from accelerate import Accelerator
+
+CPU_LAUNCH = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N train_conditional.py ..."
+
+
+class LaunchError(RuntimeError):
+    """The processes of a launch did not join one process group."""
+
+
+def check_one_distributed_run(accelerator: Accelerator) -> None:
+    """Raises `LaunchError` when the launcher started more processes than Accelerate sees.
+
+    torchrun (and `accelerate launch --multi_gpu`) on a machine without GPUs starts N processes that Accelerate,
+    unless told to use the CPU, treats as N single-process runs: each would train alone, call itself the main
+    process and overwrite the others' checkpoints.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:
+        raise LaunchError(
+            f"{launched} processes were launched but Accelerate sees {accelerator.num_processes} "
+            f"({accelerator.distributed_type.value}, device {accelerator.device.type}), so they would train as "
+            f"separate runs; with no GPU, launch CPU processes that share one run with: {CPU_LAUNCH}"
+        )
+
+
+def parameter_checksum(model: torch.nn.Module) -> str:
+    """A digest of the parameter values: equal on every process exactly when their weights are equal.
+
+    Every process draws its own noise and timesteps, so after training their weights agree only if the
+    gradients were averaged across them at every step.
+    """
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(parameter.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from training.cli import positive_int
 from training.checkpointing import list_checkpoints
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
 from training.evaluation import EvaluationError, check_scheduler_name
@@ -59,13 +60,6 @@ class StageError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ flags
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def _sampler(text: str) -> tuple[str, int]:
     """"ddim:50" -> ("ddim", 50)."""
     name, _, steps = text.partition(":")
@@ -88,26 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Folder with the real test.json and new_test.json.")
 
     data = parser.add_argument_group("render")
-    data.add_argument("--num_scenes", type=_positive_int, default=DEFAULT_SYNTHETIC_SCENES,
+    data.add_argument("--num_scenes", type=positive_int, default=DEFAULT_SYNTHETIC_SCENES,
                       help="Scenes of the diffusion model's synthetic training set (3 images each; seed 0).")
 
     evaluator = parser.add_argument_group("evaluator (scripts/train_evaluator.py)")
-    evaluator.add_argument("--evaluator_epochs", type=_positive_int, default=15)
-    evaluator.add_argument("--evaluator_scenes", type=_positive_int, default=6003,
+    evaluator.add_argument("--evaluator_epochs", type=positive_int, default=15)
+    evaluator.add_argument("--evaluator_scenes", type=positive_int, default=6003,
                            help="Its synthetic training scenes (seeds the diffusion model never sees).")
-    evaluator.add_argument("--evaluator_validation_scenes", type=_positive_int, default=600)
+    evaluator.add_argument("--evaluator_validation_scenes", type=positive_int, default=600)
 
     model = parser.add_argument_group("diffusion model budget (train_conditional.py; defaults: the CPU quick-start)")
     model.add_argument("--model_config_name_or_path", default="cpu")
-    model.add_argument("--resolution", type=_positive_int, default=32)
-    model.add_argument("--train_batch_size", type=_positive_int, default=32)
-    model.add_argument("--max_train_steps", type=_positive_int, default=1500)
+    model.add_argument("--resolution", type=positive_int, default=32)
+    model.add_argument("--train_batch_size", type=positive_int, default=32)
+    model.add_argument("--max_train_steps", type=positive_int, default=1500)
     model.add_argument("--learning_rate", type=float, default=5e-4)
     model.add_argument("--lr_warmup_steps", type=int, default=100)
     model.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
     model.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
     model.add_argument("--seed", type=int, default=0, help="Training seed.")
-    model.add_argument("--checkpointing_steps", type=_positive_int, default=250,
+    model.add_argument("--checkpointing_steps", type=positive_int, default=250,
                        help="A stopped training run resumes from its last checkpoint, so this bounds the work lost.")
 
     sampling = parser.add_argument_group("evaluation (scripts/evaluate.py)")

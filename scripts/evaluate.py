@@ -20,6 +20,7 @@ import json
 import torch
 
 from pipeline import LabelError
+from training.cli import positive_int
 from training.data import DataError
 from training.evaluation import (
     SCHEDULERS,
@@ -41,13 +42,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DENOISING_FRAMES = 10
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="A saved pipeline folder (training --output_dir) or Hub id.")
@@ -56,11 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--evaluator_checkpoint", required=True,
                         help="The evaluator checkpoint ({'model': state_dict} of a ResNet-18, like checkpoint.pth).")
     parser.add_argument("--scheduler", default="dpmsolver++", help=f"Sampler: {', '.join(SCHEDULERS)}.")
-    parser.add_argument("--num_inference_steps", type=_positive_int, default=25)
+    parser.add_argument("--num_inference_steps", type=positive_int, default=25)
     parser.add_argument("--guidance_scale", type=float, default=2.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output_dir", type=Path, required=True)
-    parser.add_argument("--batch_size", type=_positive_int, default=64, help="Images generated at once.")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated at once.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision; scoring is fp32.")
     return parser

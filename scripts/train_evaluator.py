@@ -32,6 +32,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from pipeline.vocabulary import COLOURS, SHAPES, LabelVocabulary
+from training.cli import fraction, positive_int
 from training.data import DataError, builtin_synthetic_dir, load_training_set
 from training.evaluator import (
     EVALUATOR_RESOLUTION,
@@ -50,20 +51,6 @@ ZOOM_RANGE = (0.95, 1.1)
 PIXEL_NOISE = 0.02
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_path", type=Path, required=True, help="Where to write the checkpoint (.pth).")
@@ -77,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--validation_data_dir", type=str, default=None,
                       help="A held-out i-CLEVR folder to validate on (default: a synthetic render for synthetic "
                            "training, else a split of the training scenes).")
-    data.add_argument("--validation_fraction", type=_fraction, default=0.1,
+    data.add_argument("--validation_fraction", type=fraction, default=0.1,
                       help="Share of scenes held out when training on your own data without --validation_data_dir.")
-    data.add_argument("--synthetic_scenes", type=_positive_int, default=6003,
+    data.add_argument("--synthetic_scenes", type=positive_int, default=6003,
                       help="Synthetic training scenes (3 images each), shared out over the rendered seeds.")
     data.add_argument("--synthetic_seed", type=int, default=1234,
                       help="First seed of the synthetic training renders (the diffusion model's data is seed 0).")
-    data.add_argument("--validation_scenes", type=_positive_int, default=600,
+    data.add_argument("--validation_scenes", type=positive_int, default=600,
                       help="Synthetic validation scenes (3 images each).")
     data.add_argument("--validation_seed", type=int, default=4321,
                       help="First seed of the synthetic validation renders.")
@@ -91,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Where renders and resized images are cached (default: $ICLEVR_CACHE or ~/.cache).")
 
     optim = parser.add_argument_group("training")
-    optim.add_argument("--epochs", type=_positive_int, default=15)
-    optim.add_argument("--batch_size", type=_positive_int, default=128)
+    optim.add_argument("--epochs", type=positive_int, default=15)
+    optim.add_argument("--batch_size", type=positive_int, default=128)
     optim.add_argument("--learning_rate", type=float, default=2e-3, help="Peak AdamW learning rate (cosine decay).")
     optim.add_argument("--weight_decay", type=float, default=0.05)
     optim.add_argument("--warmup_steps", type=int, default=200)

@@ -3,48 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 from typing import Sequence
 
 from diffusers.optimization import SchedulerType
 
+from training.cli import ArgumentParser, positive_int, probability
 from training.hub import HubError, check_repo_id
 from training.tracking import uses_wandb
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that suggests the closest flag for a misspelt one."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        if message.startswith("unrecognized arguments:"):
-            known = [flag for action in self._actions for flag in action.option_strings]
-            for word in message.split(":", 1)[1].split():
-                if word.startswith("--"):
-                    close = difflib.get_close_matches(word.split("=")[0], known, n=1)
-                    if close:
-                        message += f" (did you mean {close[0]}?)"
-                    break
-        super().error(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description="Train a multi-label class-conditional DDPM on i-CLEVR with Accelerate.")
+    parser = ArgumentParser(description="Train a multi-label class-conditional DDPM on i-CLEVR with Accelerate.")
 
     data = parser.add_argument_group("data (default: the built-in synthetic i-CLEVR)")
     data.add_argument("--train_data_dir", type=str, default=None,
@@ -57,22 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Where renders and preprocessed data are cached (default: $ICLEVR_CACHE or ~/.cache).")
     data.add_argument("--resolution", type=int, default=64, help="Training image size (square; 64 or 32).")
     data.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
-    data.add_argument("--train_batch_size", type=_positive_int, default=32, help="Batch size per device.")
+    data.add_argument("--train_batch_size", type=positive_int, default=32, help="Batch size per device.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
     model = parser.add_argument_group("model and diffusion")
     model.add_argument("--model_config_name_or_path", type=str, default="cpu",
                        help="A size preset (tiny, cpu, gpu) or a path to a model config JSON.")
-    model.add_argument("--label_dropout", type=_probability, default=0.1,
+    model.add_argument("--label_dropout", type=probability, default=0.1,
                        help="Probability of training on the all-zero (unconditional) label vector, for guidance.")
-    model.add_argument("--num_train_timesteps", type=_positive_int, default=1000)
+    model.add_argument("--num_train_timesteps", type=positive_int, default=1000)
     model.add_argument("--beta_schedule", choices=("linear", "squaredcos_cap_v2"), default="squaredcos_cap_v2")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--max_train_steps", type=_positive_int, default=None,
+    optim.add_argument("--max_train_steps", type=positive_int, default=None,
                        help="Total optimiser steps; overrides --num_train_epochs.")
-    optim.add_argument("--num_train_epochs", type=_positive_int, default=100)
-    optim.add_argument("--gradient_accumulation_steps", type=_positive_int, default=1)
+    optim.add_argument("--num_train_epochs", type=positive_int, default=100)
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     optim.add_argument("--learning_rate", type=float, default=2e-4)
     optim.add_argument("--lr_scheduler", choices=[t.value for t in SchedulerType], default="cosine")
     optim.add_argument("--lr_warmup_steps", type=int, default=500)
@@ -102,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output_dir", type=str, default="iclevr-ddpm",
                      help="Where the pipeline, checkpoints (checkpoint-STEP), grids and logs are written.")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--checkpointing_steps", type=_positive_int, default=500)
-    run.add_argument("--checkpoints_total_limit", type=_positive_int, default=None,
+    run.add_argument("--checkpointing_steps", type=positive_int, default=500)
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None,
                      help="Keep at most this many checkpoints; the oldest are deleted.")
     run.add_argument("--resume_from_checkpoint", type=str, default=None,
                      help='"latest" or a path to a checkpoint-STEP folder.')
-    run.add_argument("--validation_steps", type=_positive_int, default=500,
+    run.add_argument("--validation_steps", type=positive_int, default=500,
                      help="Sample a grid of fixed label lists with the EMA weights every this many steps.")
-    run.add_argument("--validation_inference_steps", type=_positive_int, default=25)
+    run.add_argument("--validation_inference_steps", type=positive_int, default=25)
     run.add_argument("--validation_guidance_scale", type=float, default=2.0)
     run.add_argument("--evaluator_checkpoint", type=str, default=None,
                      help="An evaluator checkpoint (checkpoint.pth): at every validation, score the EMA model on the "

@@ -12,7 +12,6 @@ resized once per resolution and cached as uint8 arrays; an epoch then only conve
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import json
@@ -28,6 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.vocabulary import LabelError, LabelVocabulary
+from training.cli import closest
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "labels"
@@ -227,7 +227,7 @@ def _load_named_dataset(
         if column not in dataset.column_names:
             raise DataError(
                 f"{dataset_name} has no column {column!r} ({role}); did you mean "
-                f"{_closest(column, dataset.column_names)!r}? columns: {', '.join(dataset.column_names)}"
+                f"{closest(column, dataset.column_names)!r}? columns: {', '.join(dataset.column_names)}"
             )
     image_feature, label_feature = dataset.features[image_column], dataset.features[label_column]
     if not isinstance(image_feature, datasets.Image):
@@ -472,8 +472,3 @@ def _read_json(path: Path, expected: str) -> Any:
         raise DataError(f"{path} does not exist; expected {expected}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{path} is not valid JSON ({error}); expected {expected}") from None
-
-
-def _closest(name: str, options: Sequence[str]) -> str:
-    matches = difflib.get_close_matches(name, list(options), n=1, cutoff=0.0)
-    return matches[0] if matches else options[0]

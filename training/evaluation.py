@@ -9,7 +9,6 @@ own — by another batch size or another process — and the records merged once
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import shutil
 import statistics
@@ -29,6 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline import ICLEVRPipeline, LabelVocabulary
+from training.cli import closest
 from training.data import builtin_synthetic_dir, load_condition_file
 from training.evaluator import classify, evaluation_metrics, load_evaluator
 from training.sampling import X0_CLIPPING
@@ -63,9 +63,9 @@ class Evaluation:
 
 def check_scheduler_name(name: str) -> str:
     if name not in SCHEDULERS:
-        closest = difflib.get_close_matches(str(name).lower(), list(SCHEDULERS), n=1, cutoff=0.0)[0]
         raise EvaluationError(
-            f"unknown scheduler {name!r}; did you mean {closest!r}? choose from {', '.join(SCHEDULERS)}"
+            f"unknown scheduler {name!r}; did you mean {closest(name, list(SCHEDULERS))!r}? "
+            f"choose from {', '.join(SCHEDULERS)}"
         )
     return name
 

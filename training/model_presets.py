@@ -6,13 +6,13 @@ holding config.json as written by `save_pretrained`/`save_config`) gives the mod
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.conditional_unet import ConditionalUNet2DModel
+from training.cli import closest
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests: the smallest model that still exercises every block type (down/up, attention, mid attention).
@@ -71,9 +71,9 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     config = {key: value for key, value in config.items() if not key.startswith("_") and key not in _EMA_KEYS}
     for key in config:
         if key not in _INIT_KEYS:
-            closest = difflib.get_close_matches(key, _INIT_KEYS, n=1, cutoff=0.0)[0]
             raise ValueError(
-                f"{config_file}: {key!r} is not a ConditionalUNet2DModel argument; did you mean {closest!r}?"
+                f"{config_file}: {key!r} is not a ConditionalUNet2DModel argument; "
+                f"did you mean {closest(key, _INIT_KEYS)!r}?"
             )
     return config
 
@@ -86,9 +86,9 @@ def load_model_config(name_or_path: str, *, sample_size: int) -> dict[str, Any]:
     elif Path(name_or_path).exists():
         config = _read_config_file(Path(name_or_path))
     else:
-        closest = difflib.get_close_matches(name_or_path.lower(), list(PRESETS), n=1, cutoff=0.0)[0]
         raise ValueError(
-            f"{name_or_path!r} is neither a model preset nor an existing config file; did you mean {closest!r}? "
+            f"{name_or_path!r} is neither a model preset nor an existing config file; "
+            f"did you mean {closest(name_or_path, list(PRESETS))!r}? "
             f"presets: {', '.join(PRESETS)}"
         )
     # The resolution trained at decides the sample size, also over a sample_size saved in a config file.

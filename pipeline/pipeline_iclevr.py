@@ -20,7 +20,8 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .conditional_unet import ConditionalUNet2DModel
+# Imported so that diffusers' remote-code loader ships the model file along with this one.
+from .conditional_unet import ConditionalUNet2DModel  # noqa: F401
 from .vocabulary import DEFAULT_LABELS, LabelError, LabelVocabulary
 
 OUTPUT_TYPES = ("pil", "np", "pt")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,31 +14,18 @@ import pytest
 import torch
 from accelerate import PartialState
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT
 from pipeline import ICLEVRPipeline
 from training.args import parse_args
 from training.model_presets import create_model
 from training.precision import create_optimizer, enable_tf32
 from training.stability import MAX_CONSECUTIVE_SKIPPED_STEPS, NonFiniteGuard, TrainingDivergedError
+from training_runs import launch_training, logged_scalars
 
 TINY = ["--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "4",
         "--validation_inference_steps", "1", "--report_to", "tensorboard"]  # fmt: skip
 
 
-def launch(*args: str, dynamo_backend: str = "no", mixed_precision: str = "no") -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--dynamo_backend", dynamo_backend, "--mixed_precision", mixed_precision,
-               str(REPO_ROOT / "train_conditional.py"), *args]  # fmt: skip
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-
-
-def logged_scalars(output_dir: Path, tag: str) -> dict[int, float]:
-    (events,) = (output_dir / "logs" / "iclevr-ddpm").glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +34,9 @@ def compiled_run(tiny_iclevr_dir, tmp_path_factory) -> Path:
     wrapper without inductor's minutes of code generation), channels_last weights, bf16 autocast, EMA.
     """
     output_dir = tmp_path_factory.mktemp("gpu-path") / "run"
-    result = launch(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
+    launch_training(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
                     "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "2", "--use_ema",
                     "--channels_last", dynamo_backend="eager", mixed_precision="bf16")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
 
 
@@ -59,9 +44,10 @@ def compiled_run(tiny_iclevr_dir, tmp_path_factory) -> Path:
 def diverging_run(tiny_iclevr_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A learning rate of 1e30: the first step throws the weights to ~1e30, every later loss is NaN."""
     output_dir = tmp_path_factory.mktemp("diverging") / "run"
-    result = launch(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
+    result = launch_training(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
                     "--max_train_steps", "40", "--learning_rate", "1e30", "--lr_scheduler", "constant",
-                    "--lr_warmup_steps", "0", "--checkpointing_steps", "5", "--validation_steps", "100")  # fmt: skip
+                    "--lr_warmup_steps", "0", "--checkpointing_steps", "5", "--validation_steps", "100",
+                    check=False)  # fmt: skip
     return output_dir, result
 
 

@@ -22,13 +22,13 @@ import torch
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO_ROOT
 from pipeline import ICLEVRPipeline
 from training.distributed import parameter_checksum
 from training.evaluation import evaluate_pipeline, image_generator, image_grid, load_condition_sets
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
+from training_runs import logged_scalars
 from training.model_presets import create_model
 from training.sampling import validation_label_lists
 
@@ -90,12 +90,6 @@ def two_process_run(tiny_iclevr_dir, evaluation_files, tmp_path_factory) -> tupl
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir, result.stderr
 
-
-def logged_scalars(output_dir: Path, tag: str) -> dict[int, float]:
-    (events,) = (output_dir / "logs" / "iclevr-ddpm").glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}
 
 
 def test_accelerate_sees_one_run_of_two_cpu_processes(two_process_run):

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO_ROOT
 from training.args import parse_args
 from training.checkpointing import CheckpointError, resolve_resume_checkpoint
+from training_runs import launch_training, logged_scalars
 
 # 36 images at batch 8 are 5 batches an epoch, so checkpoint-6 sits in the middle of the second epoch.
 TINY_RUN = [
@@ -33,25 +30,12 @@ TINY_RUN = [
 ]
 
 
-def launch(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--dynamo_backend", "no", str(REPO_ROOT / "train_conditional.py"), *args]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def logged_scalars(output_dir: Path, tag: str) -> dict[int, float]:
-    (events,) = (output_dir / "logs" / "iclevr-ddpm").glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_iclevr_dir, tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("train") / "run"
-    launch(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir))
+    launch_training(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir))
     return output_dir
 
 
@@ -90,7 +74,7 @@ def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_losses(
     resumed.mkdir()
     shutil.copytree(tiny_run / "checkpoint-6", resumed / "checkpoint-6")
 
-    launch(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(resumed),
+    launch_training(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(resumed),
            "--resume_from_checkpoint", "latest")
 
     first, second = logged_scalars(tiny_run, "loss"), logged_scalars(resumed, "loss")
@@ -99,7 +83,7 @@ def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_losses(
 
 
 def test_ema_and_lr_schedule_step_once_per_optimizer_step_under_gradient_accumulation(tiny_iclevr_dir, tmp_path):
-    launch("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path), "--model_config_name_or_path",
+    launch_training("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path), "--model_config_name_or_path",
            "tiny", "--resolution", "32", "--train_batch_size", "4", "--gradient_accumulation_steps", "3",
            "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "100",
            "--validation_inference_steps", "1", "--use_ema", "--report_to", "none")

@@ -9,20 +9,17 @@ import base64
 import hashlib
 import json
 import struct
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
 
-from conftest import REPO_ROOT
 from training.args import parse_args
 from training.evaluator import build_evaluator, save_evaluator
 from training.sampling import VALIDATION_LABELS
+from training_runs import launch_training, logged_scalars
 
 LEARNING_RATE = 3e-4
 CONDITIONS = [["red cube"], ["blue sphere", "gray cylinder"], ["cyan cube", "red sphere", "yellow cylinder"]]
@@ -40,12 +37,6 @@ TINY_RUN = [
 ]  # fmt: skip
 CAPTIONS = [", ".join(names) for names in VALIDATION_LABELS]
 
-
-def launch(*args: str) -> None:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--dynamo_backend", "no", "--mixed_precision", "no", str(REPO_ROOT / "train_conditional.py"), *args]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------ reading an offline W&B run
@@ -133,7 +124,7 @@ def evaluation_files(tmp_path_factory) -> list[str]:
 def first_run(tiny_iclevr_dir, evaluation_files, tmp_path_factory) -> Path:
     """W&B and TensorBoard, evaluation at every validation, the pipeline artifact, a run name."""
     output_dir = tmp_path_factory.mktemp("wandb") / "run"
-    launch(*TINY_RUN, *evaluation_files, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
+    launch_training(*TINY_RUN, *evaluation_files, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
            "--report_to", "all", "--tracker_run_name", "tiny-wandb-run", "--log_pipeline_artifact")
     return output_dir
 
@@ -148,16 +139,10 @@ def wandb_run(first_run) -> OfflineRun:
 def resumed_run(first_run, tiny_iclevr_dir, tmp_path_factory) -> Path:
     """Training resumed from the first run's checkpoint-2 into another folder."""
     output_dir = tmp_path_factory.mktemp("wandb-resumed") / "run"
-    launch(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir), "--report_to",
+    launch_training(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir), "--report_to",
            "wandb", "--validation_steps", "100", "--resume_from_checkpoint", str(first_run / "checkpoint-2"))
     return output_dir
 
-
-def tensorboard_scalars(output_dir: Path, tag: str) -> dict[int, float]:
-    (events,) = (output_dir / "logs" / "iclevr-ddpm").glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}
 
 
 # ---------------------------------------------------------------------------------------------------- tests
@@ -178,7 +163,7 @@ def test_loss_lr_grad_norm_throughput_and_epoch_arrive_every_step_with_the_value
         logged = wandb_run.values(key)
         assert sorted(logged) == [1, 2, 3, 4], key
         # TensorBoard keeps float32; W&B the exact float.
-        assert logged == pytest.approx(tensorboard_scalars(first_run, key), rel=1e-6), key
+        assert logged == pytest.approx(logged_scalars(first_run, key), rel=1e-6), key
     assert wandb_run.values("lr")[1] == pytest.approx(LEARNING_RATE)
 
 

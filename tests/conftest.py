@@ -1,9 +1,11 @@
 """Shared test set-up: repo on sys.path, isolated caches, and small fixtures built from real components."""
 
+import importlib.util
 import os
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +20,14 @@ os.environ["HF_DATASETS_CACHE"] = str(_SCRATCH / "hf-datasets")
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_DIR"] = str(_SCRATCH / "wandb")
 os.environ["WANDB_SILENT"] = "true"
+
+
+def import_script(name: str) -> ModuleType:
+    """scripts/NAME.py as a module, so a test can call its main(argv) in-process."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

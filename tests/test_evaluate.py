@@ -2,7 +2,6 @@
 one-line errors, and the evaluation run inside train_conditional.py.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from PIL import Image
 
+from conftest import REPO_ROOT, import_script
 from pipeline import LabelVocabulary
 from training.evaluation import (
     default_condition_files,
@@ -28,7 +28,6 @@ from training.evaluator import build_evaluator, load_evaluator, save_evaluator
 from training.model_presets import create_model
 from training.sampling import build_pipeline
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 STEPS = 2
 SMALL_SET = [["red cube"], ["blue sphere", "gray cylinder"], ["cyan cube", "red sphere", "yellow cylinder"]]
@@ -59,13 +58,6 @@ def _argv(files: dict[str, Path], output_dir: Path, *extra: str, conditions=("sm
         "--guidance_scale", "1.0", "--seeds", *map(str, seeds), "--batch_size", "16", "--device", "cpu",
         "--output_dir", str(output_dir), *extra,
     ]  # fmt: skip
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +132,7 @@ def test_the_denoising_figure_shows_ten_frames_from_noise_to_image(files):
 
 
 def test_the_scheduler_choice_is_recorded_and_changes_the_images(script_run, files, tmp_path):
-    _script().main(_argv(files, tmp_path, "--scheduler", "ddim", conditions=["small.json"], seeds=[0]))
+    import_script("evaluate").main(_argv(files, tmp_path, "--scheduler", "ddim", conditions=["small.json"], seeds=[0]))
     assert _report(tmp_path)["settings"]["scheduler"] == "ddim"
     ddim_grid = Image.open(tmp_path / "grid_small_seed0.png").tobytes()
     assert ddim_grid != Image.open(script_run[0] / "grid_small_seed0.png").tobytes()
@@ -164,7 +156,7 @@ def test_set_scheduler_keeps_the_noise_schedule(files):
 )
 def test_bad_settings_fail_with_one_line(files, tmp_path, change, expected):
     with pytest.raises(SystemExit) as error:
-        _script().main(_argv(files, tmp_path, *change))
+        import_script("evaluate").main(_argv(files, tmp_path, *change))
     message = str(error.value.code)
     assert expected in message and "\n" not in message
     assert not (tmp_path / "report.json").exists()
@@ -174,7 +166,7 @@ def test_an_unknown_label_in_a_condition_file_fails_with_one_line_naming_the_clo
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([["red cube"], ["red sphre"]]))
     with pytest.raises(SystemExit) as error:
-        _script().main(_argv(files, tmp_path / "out", "--conditions", str(bad)))
+        import_script("evaluate").main(_argv(files, tmp_path / "out", "--conditions", str(bad)))
     message = str(error.value.code)
     assert "entry 1" in message and "'red sphere'" in message and "\n" not in message
 

@@ -1,13 +1,12 @@
 """The evaluator: torchvision-compatible ResNet-18 parameter names, safe checkpoint loading, the course's metric."""
 
-import importlib.util
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import import_script
 from pipeline.vocabulary import DEFAULT_LABELS
 from training.evaluator import (
     EvaluatorError,
@@ -365,12 +364,7 @@ def test_evaluation_metrics_on_a_hand_worked_batch():
 
 @pytest.fixture(scope="module")
 def train_script():
-    spec = importlib.util.spec_from_file_location(
-        "train_evaluator", Path(__file__).resolve().parents[1] / "scripts" / "train_evaluator.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script("train_evaluator")
 
 
 def test_covering_seeds_together_render_every_same_colour_pair(train_script):

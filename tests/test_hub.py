@@ -2,7 +2,6 @@
 set pushed and trained from. Everything real (huggingface_hub, diffusers, datasets, HTTP) against the loopback Hub."""
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 from huggingface_hub import HfApi
 from PIL import Image
 
+from conftest import REPO_ROOT, import_script
 from pipeline import ICLEVRPipeline, LabelVocabulary
 from training.data import load_train_dataset
 from training.export import ExportError, export_pipeline, make_self_describing
@@ -24,7 +24,6 @@ from training.model_card import evaluation_markdown
 from training.model_presets import create_model
 from training.sampling import build_pipeline
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = {
     "model_index.json", "pipeline_iclevr.py", "conditional_unet.py", "vocabulary.py", "README.md", "samples.png",
     "training_args.json", "scheduler/scheduler_config.json", "unet/config.json", "unet/conditional_unet.py",
@@ -271,7 +270,7 @@ def test_a_config_list_that_diffusers_hub_loader_would_misread_is_refused_at_exp
 
 
 def test_push_script_prints_the_commit_url_and_a_pinned_loading_line(trained_dir, hub_repo_id, capsys):
-    push_script = _import_script("push_to_hub")
+    push_script = import_script("push_to_hub")
 
     push_script.main(["--model_dir", str(trained_dir), "--hub_model_id", hub_repo_id, "--hub_revision", "v1"])
 
@@ -283,16 +282,9 @@ def test_push_script_prints_the_commit_url_and_a_pinned_loading_line(trained_dir
 
 def test_push_script_reports_a_bad_folder_as_one_error_line(tmp_path, hub_repo_id, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _import_script("push_to_hub").main(["--model_dir", str(tmp_path), "--hub_model_id", hub_repo_id])
+        import_script("push_to_hub").main(["--model_dir", str(tmp_path), "--hub_model_id", hub_repo_id])
 
     assert str(exit_info.value).startswith("error: ") and "\n" not in str(exit_info.value)
-
-
-def _import_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---- the data set ------------------------------------------------------------------------------------------------
@@ -311,7 +303,7 @@ def test_pushed_dataset_loads_back_with_the_same_images_and_labels(tiny_iclevr_d
 
 def test_training_from_a_pushed_dataset_pushes_its_pipeline_with_push_to_hub(tiny_iclevr_dir, hub_repo_id,
                                                                              hub_server, tmp_path):
-    _import_script("push_dataset_to_hub").main(["--train_data_dir", str(tiny_iclevr_dir),
+    import_script("push_dataset_to_hub").main(["--train_data_dir", str(tiny_iclevr_dir),
                                                 "--hub_dataset_id", hub_repo_id])
     output_dir = tmp_path / "run"
     model_repo_id = hub_repo_id + "-model"

@@ -1,7 +1,6 @@
 """The synthetic i-CLEVR renderer writes the real i-CLEVR layout, deterministically, with readable objects."""
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import import_script
 from pipeline.vocabulary import DEFAULT_LABELS, LabelVocabulary
 from training import synthetic_iclevr
 from training.synthetic_iclevr import SceneObject, render_dataset, render_scene, sample_scenes
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_synthetic_iclevr.py"
 
 
 def _load(directory: Path, name: str):
@@ -26,13 +25,6 @@ def _hashes(directory: Path) -> dict[str, str]:
         for path in sorted(directory.rglob("*"))
         if path.is_file()
     }
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("make_synthetic_iclevr", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +149,7 @@ def test_render_dataset_rejects_zero_scenes(tmp_path):
 def test_cli_refuses_a_non_empty_output_dir(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
-        _script().main(["--output_dir", str(tmp_path), "--num_scenes", "1"])
+        import_script("make_synthetic_iclevr").main(["--output_dir", str(tmp_path), "--num_scenes", "1"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "is not empty" in error and "--overwrite" in error
@@ -165,13 +157,13 @@ def test_cli_refuses_a_non_empty_output_dir(tmp_path, capsys):
 
 def test_cli_rejects_zero_scenes(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        _script().main(["--output_dir", str(tmp_path / "data"), "--num_scenes", "0"])
+        import_script("make_synthetic_iclevr").main(["--output_dir", str(tmp_path / "data"), "--num_scenes", "0"])
     assert "--num_scenes: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_cli_renders_and_saves_a_preview_grid(tmp_path, capsys):
     preview = tmp_path / "grid.png"
-    _script().main(
+    import_script("make_synthetic_iclevr").main(
         ["--output_dir", str(tmp_path / "data"), "--num_scenes", "2", "--num_workers", "1", "--preview", str(preview)]
     )
     assert "images/s" in capsys.readouterr().out

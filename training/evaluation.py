@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -32,6 +31,7 @@ from training.cli import closest
 from training.data import builtin_synthetic_dir, load_condition_file
 from training.evaluator import classify, evaluation_metrics, load_evaluator
 from training.sampling import X0_CLIPPING
+from training.seeding import derived_generator
 
 SCHEDULERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(
@@ -161,8 +161,7 @@ def image_generator(seed: int, index: int) -> torch.Generator:
 
     A CPU generator, so the initial noise is the same on every device.
     """
-    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator("cpu").manual_seed(int(state))
+    return derived_generator(seed, index)
 
 
 def evaluation_items(condition_sets: Mapping[str, Sequence[Sequence[str]]], seeds: Sequence[int]) -> list[dict]:

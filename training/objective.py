@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+
+from training.seeding import derived_generator
 
 
 def batch_generator(seed: int, epoch: int, batch_index: int, process_index: int, device: torch.device) -> torch.Generator:
@@ -15,10 +15,7 @@ def batch_generator(seed: int, epoch: int, batch_index: int, process_index: int,
     Seeding from the batch's position (not from a running global RNG) makes a resumed run draw exactly what the
     uninterrupted run drew for the same batch, and gives every process its own draws.
     """
-    key = f"{seed}/{epoch}/{batch_index}/{process_index}".encode()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-    return generator
+    return derived_generator(seed, epoch, batch_index, process_index, device=device)
 
 
 def diffusion_loss(

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--guidance_scale", type=float, default=2.0,
                           help="Each sampler runs without guidance (1.0) and with this scale.")
     sampling.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    sampling.add_argument("--eval_dtype", choices=("fp32", "bf16", "fp16"), default="bf16",
+                          help="The UNet's precision while sampling (evaluate.py --dtype); bf16 samples faster on CPU.")
     return parser
 
 
@@ -340,16 +342,17 @@ def evaluate_stage(bench: Bench, model_dir: Path, evaluator: Path, conditions: l
         # A report older than the model (retrained after a deleted model/) is stale.
         if _parses(report_path) and report_path.stat().st_mtime > (model_dir / "training_args.json").stat().st_mtime:
             report = json.loads(report_path.read_text())
-            if report["settings"]["seeds"] != args.seeds:
-                seeds = " ".join(map(str, report["settings"]["seeds"]))
-                raise StageError(f"{report_path} was made with --seeds {seeds}; pass those seeds, "
-                                 f"or delete {output_dir} to re-run it")
+            made_with = report["settings"]
+            if made_with["seeds"] != args.seeds or made_with["dtype"] != args.eval_dtype:
+                raise StageError(f"{report_path} was made with --seeds {' '.join(map(str, made_with['seeds']))} "
+                                 f"--eval_dtype {made_with['dtype']}; pass those, or delete {output_dir} to re-run it")
             bench.say("evaluate", f"{name}: cached")
         else:
             flags = ["--pipeline", str(model_dir), "--conditions", *map(str, conditions),
                      "--evaluator_checkpoint", str(evaluator), "--scheduler", scheduler,
                      "--num_inference_steps", str(steps), "--guidance_scale", f"{guidance:g}",
-                     "--seeds", *map(str, args.seeds), "--batch_size", str(batch_size), "--output_dir", str(output_dir)]
+                     "--seeds", *map(str, args.seeds), "--dtype", args.eval_dtype, "--batch_size", str(batch_size),
+                     "--output_dir", str(output_dir)]
             shutil.rmtree(output_dir, ignore_errors=True)  # leftovers of a stopped run
             seconds = bench.run("evaluate", f"eval-{name}", *python("scripts/evaluate.py", *flags))
             bench.record_time(f"eval/{name}", seconds)
@@ -395,6 +398,7 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
             "seconds_per_image": report["seconds_per_image"],
             "num_images": report["num_images"],
             "device": report["settings"]["device"],
+            "dtype": report["settings"]["dtype"],
         })
 
     hardware = f"{info['cpu']}, {info['cpu_cores']} cores, torch {info['torch']} ({info['torch_threads']} threads)"
@@ -415,7 +419,8 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
         f"{evaluator_metrics['target_accuracy']:.1%} target), {evaluator_metrics['epochs']} epoch(s)",
         f"- Conditions: {condition_source}; synthetic_new_test = the renderer's held-out combinations",
         f"- Accuracy: mean ± std over seeds {' '.join(map(str, args.seeds))}, in %; exact match: mean over files; "
-        f"generation: seconds for all {rows[0]['num_images']} images of a row, on {rows[0]['device']}",
+        f"generation: seconds for all {rows[0]['num_images']} images of a row, on {rows[0]['device']}, UNet in "
+        f"{rows[0]['dtype']}",
         "",
         "| sampler | steps | guidance | " + " | ".join(f"{s} acc." for s in sets)
         + " | exact match | generation (s) | s / image |",

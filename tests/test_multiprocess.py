@@ -28,7 +28,7 @@ from pipeline import ICLEVRPipeline
 from training.distributed import parameter_checksum
 from training.evaluation import evaluate_pipeline, image_generator, image_grid, load_condition_sets
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
-from training_runs import logged_scalars
+from training_runs import logged_scalars, run_launch
 from training.model_presets import create_model
 from training.sampling import validation_label_lists
 
@@ -54,7 +54,7 @@ def launch_two_processes(*args: str, use_cpu: bool) -> subprocess.CompletedProce
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
                "--mixed_precision", "no", str(REPO_ROOT / "train_conditional.py"), *args]  # fmt: skip
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_launch(command, env)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO_ROOT
+
+LAUNCH_TIMEOUT = 300  # seconds; a tiny run takes 10-30 s
+
+
+def run_launch(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs an `accelerate launch` command; on a hang, kills the launcher and its workers and fails with their output.
+
+    The workers are the launcher's children: killing only the launcher (what subprocess.run's timeout does) would
+    leave them running, holding the CPU for the tests after this one.
+    """
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the launch did not finish in {LAUNCH_TIMEOUT} s: {' '.join(command)}\n"
+                    f"stdout (end):\n{stdout[-2000:]}\nstderr (end):\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def launch_training(
@@ -18,7 +41,7 @@ def launch_training(
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--dynamo_backend", dynamo_backend, "--mixed_precision", mixed_precision,
                str(REPO_ROOT / "train_conditional.py"), *args]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = run_launch(command)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result

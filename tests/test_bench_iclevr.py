@@ -1,0 +1,76 @@
+"""benchmarks/bench_iclevr.py end to end with a tiny budget: every stage runs once, then is reused, never mixed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+TINY_BUDGET = [
+    "--num_scenes", "12", "--evaluator_epochs", "1", "--evaluator_scenes", "24", "--evaluator_validation_scenes", "8",
+    "--model_config_name_or_path", "tiny", "--train_batch_size", "4", "--max_train_steps", "2",
+    "--lr_warmup_steps", "0", "--checkpointing_steps", "1", "--samplers", "ddim:2", "--seeds", "0", "1",
+]  # fmt: skip
+
+
+def run_bench(work_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_iclevr.py"), "--work_dir", str(work_dir),
+               *TINY_BUDGET, *flags]  # fmt: skip
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def launches(log: Path) -> int:
+    """How many times a stage's subprocess ran: each run appends a '===== <time> $ <command>' header."""
+    return log.read_text().count("\n===== ")
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory) -> Path:
+    work_dir = tmp_path_factory.mktemp("bench") / "work"
+    result = run_bench(work_dir)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return work_dir
+
+
+def test_benchmark_writes_one_row_per_sampler_and_guidance_with_the_budget(bench_dir):
+    results = json.loads((bench_dir / "results.json").read_text())
+    assert [(row["sampler"], row["steps"], row["guidance_scale"]) for row in results["rows"]] == [
+        ("ddim", 2, 1.0), ("ddim", 2, 2.0),
+    ]  # fmt: skip
+    for row in results["rows"]:
+        assert row["dtype"] == "bf16" and row["num_images"] > 0
+        for mean, std in row["accuracy"].values():
+            assert 0.0 <= mean <= 1.0 and std >= 0.0
+    assert results["budget"]["max_train_steps"] == 2 and results["budget"]["model_config_name_or_path"] == "tiny"
+    table = (bench_dir / "results.md").read_text()
+    assert "| ddim | 2 | 1 |" in table and "| ddim | 2 | 2 |" in table
+    assert "2 steps x batch 4" in table and "UNet in bf16" in table
+    assert "python benchmarks/bench_iclevr.py --work_dir" in table  # the exact command
+
+
+def test_a_second_run_reuses_the_evaluator_the_model_and_every_report(bench_dir):
+    logs = sorted((bench_dir / "logs").glob("*.log"))
+    before = {log.name: launches(log) for log in logs}
+    result = run_bench(bench_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {log.name: launches(log) for log in logs} == before == {name: 1 for name in before}
+    assert result.stdout.count(": cached") == 2  # both evaluation rows
+
+
+def test_reports_made_with_another_unet_precision_are_refused(bench_dir):
+    result = run_bench(bench_dir, "--eval_dtype", "fp32")
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "--eval_dtype bf16" in error and "delete" in error
+
+
+def test_a_changed_training_budget_is_refused_instead_of_reusing_the_model(bench_dir):
+    result = run_bench(bench_dir, "--max_train_steps", "3")
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert "max_train_steps" in error and "new --work_dir" in error

@@ -16,6 +16,7 @@ from training import data
 from training.data import (
     DataError,
     ICLEVRTrainingSet,
+    builtin_synthetic_dir,
     default_cache_dir,
     load_condition_file,
     load_train_dataset,
@@ -137,8 +138,17 @@ def test_builtin_synthetic_set_is_rendered_once_then_reused(cache, monkeypatch):
     monkeypatch.setattr("training.synthetic_iclevr.render_dataset", no_render)
     second = load_train_dataset(cache_dir=cache, num_synthetic_scenes=2, synthetic_seed=5)
 
-    assert (cache / "synthetic-iclevr-seed5-2" / "train.json").is_file()
+    assert (cache / "synthetic-iclevr-v1-seed5-2" / "train.json").is_file()
     assert len(first) == len(second) == 6
+
+
+def test_a_new_renderer_version_renders_anew_instead_of_reusing_an_old_render(cache, monkeypatch):
+    old = builtin_synthetic_dir(cache, num_scenes=2, seed=5)
+    monkeypatch.setattr("training.synthetic_iclevr.RENDERER_VERSION", 2)
+
+    new = builtin_synthetic_dir(cache, num_scenes=2, seed=5)
+
+    assert new != old and (new / "train.json").is_file() and (old / "train.json").is_file()
 
 
 def test_default_cache_dir_follows_iclevr_cache(monkeypatch, tmp_path):

@@ -27,6 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.vocabulary import LabelError, LabelVocabulary
+from training import synthetic_iclevr
 from training.cli import closest
 
 IMAGE_COLUMN = "image"
@@ -135,12 +136,11 @@ def builtin_synthetic_dir(
     seed: int = DEFAULT_SYNTHETIC_SEED,
 ) -> Path:
     """The built-in synthetic i-CLEVR folder, rendered on first use (the renderer writes it atomically)."""
-    folder = Path(cache_dir or default_cache_dir()) / f"synthetic-iclevr-seed{seed}-{num_scenes}"
+    name = f"synthetic-iclevr-v{synthetic_iclevr.RENDERER_VERSION}-seed{seed}-{num_scenes}"
+    folder = Path(cache_dir or default_cache_dir()) / name
     if not (folder / "train.json").is_file():
-        from training.synthetic_iclevr import render_dataset  # imported late: only this path needs the renderer
-
         print(f"Rendering the built-in synthetic i-CLEVR ({num_scenes} scenes, seed {seed}) into {folder} (once)")
-        render_dataset(folder, num_scenes=num_scenes, seed=seed)
+        synthetic_iclevr.render_dataset(folder, num_scenes=num_scenes, seed=seed)
     return folder
 
 

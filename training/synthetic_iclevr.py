@@ -29,6 +29,9 @@ from tqdm.auto import tqdm
 from pipeline.vocabulary import COLOURS, DEFAULT_LABELS, SHAPES, LabelVocabulary
 
 WIDTH, HEIGHT = 320, 240
+# Part of the built-in render's cache folder name: bump it whenever a change alters the rendered images or labels,
+# so that caches made by an older renderer are not reused as if they were this one's.
+RENDERER_VERSION = 1
 OBJECTS_PER_SCENE = 3
 NUM_CONDITIONS = 32  # label lists in test.json and new_test.json, like the real files
 IMAGE_NAME = "CLEVR_train_{scene:06d}_{step}.png"

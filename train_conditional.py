@@ -37,7 +37,7 @@ from training.evaluation import denoising_figure, image_grid, load_training_eval
 from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss
-from training.precision import apply_memory_format, create_optimizer, enable_tf32
+from training.precision import apply_memory_format, cpu_thread_warning, create_optimizer, enable_tf32
 from training.sampling import build_pipeline
 from training.stability import NonFiniteGuard, TrainingDivergedError
 from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
@@ -63,6 +63,8 @@ def main(args: argparse.Namespace) -> None:
     check_one_distributed_run(accelerator)
     set_seed(args.seed)
     tf32 = enable_tf32(accelerator.device)
+    if warning := cpu_thread_warning(accelerator.device):
+        logger.warning(warning)
 
     # --- data: the main process renders / preprocesses into the cache first, the others then read it
     with accelerator.main_process_first():
@@ -137,6 +139,7 @@ def main(args: argparse.Namespace) -> None:
         "device": accelerator.device.type,
         "mixed_precision": accelerator.mixed_precision,
         "tf32": tf32,
+        "cpu_threads": torch.get_num_threads(),
         "fused_adamw": bool(optimizer.defaults["fused"]),
         "dynamo_backend": accelerator.state.dynamo_plugin.backend.value,
         "images_per_update": images_per_update,

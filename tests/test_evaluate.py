@@ -27,6 +27,7 @@ from training.evaluation import (
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
 from training.model_presets import create_model
 from training.sampling import build_pipeline
+from training_runs import launch_training
 
 SIZE = 32
 STEPS = 2
@@ -207,18 +208,13 @@ def test_training_evaluates_on_the_training_folders_condition_files_by_default(t
 def training_run(files, tiny_iclevr_dir, tmp_path_factory) -> Path:
     """Two optimiser steps, evaluating after each one, on two small condition files."""
     output_dir = tmp_path_factory.mktemp("train") / "run"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
-        str(REPO_ROOT / "train_conditional.py"),
+    launch_training(
         "--train_data_dir", str(tiny_iclevr_dir), "--model_config_name_or_path", "tiny", "--resolution", str(SIZE),
         "--train_batch_size", "8", "--max_train_steps", "2", "--validation_steps", "1", "--lr_warmup_steps", "0",
         "--validation_inference_steps", str(STEPS), "--report_to", "tensorboard", "--output_dir", str(output_dir),
         "--evaluator_checkpoint", str(files["evaluator.pth"]),
         "--evaluation_conditions", str(files["small.json"]), str(files["nine.json"]),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
+    )  # fmt: skip
     return output_dir
 
 

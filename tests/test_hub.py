@@ -23,6 +23,7 @@ from training.hub import HubError, push_dataset_to_hub, push_pipeline_to_hub
 from training.model_card import evaluation_markdown
 from training.model_presets import create_model
 from training.sampling import build_pipeline
+from training_runs import launch_training
 
 PIPELINE_FILES = {
     "model_index.json", "pipeline_iclevr.py", "conditional_unet.py", "vocabulary.py", "README.md", "samples.png",
@@ -308,17 +309,13 @@ def test_training_from_a_pushed_dataset_pushes_its_pipeline_with_push_to_hub(tin
     output_dir = tmp_path / "run"
     model_repo_id = hub_repo_id + "-model"
 
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train_conditional.py"),
-         "--dataset_name", hub_repo_id, "--model_config_name_or_path", "tiny", "--resolution", "32",
-         "--max_train_steps", "2", "--train_batch_size", "4", "--lr_warmup_steps", "0", "--report_to", "none",
-         "--validation_inference_steps", "1", "--output_dir", str(output_dir),
-         "--push_to_hub", "--hub_model_id", model_repo_id, "--hub_private_repo"],
-        cwd=REPO_ROOT, capture_output=True, text=True,
-    )
+    launch_training(
+        "--dataset_name", hub_repo_id, "--model_config_name_or_path", "tiny", "--resolution", "32",
+        "--max_train_steps", "2", "--train_batch_size", "4", "--lr_warmup_steps", "0", "--report_to", "none",
+        "--validation_inference_steps", "1", "--output_dir", str(output_dir),
+        "--push_to_hub", "--hub_model_id", model_repo_id, "--hub_private_repo",
+    )  # fmt: skip
 
-    assert result.returncode == 0, result.stderr[-3000:]
     assert isinstance(ICLEVRPipeline.from_pretrained(output_dir), ICLEVRPipeline)
     pushed = hub_server.repo_files(model_repo_id)
     assert {"model_index.json", "pipeline_iclevr.py", "unet/conditional_unet.py", "README.md"} <= set(pushed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout; no install step
 
-from training.synthetic_iclevr import render_dataset, save_preview  # noqa: E402
+from training.synthetic_iclevr import MAX_OBJECTS_PER_SCENE, OBJECTS_PER_SCENE, render_dataset, save_preview  # noqa: E402
 
 
 def _at_least(minimum: int):
@@ -31,7 +31,11 @@ def _at_least(minimum: int):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, required=True, help="folder to create (must be new or empty)")
-    parser.add_argument("--num_scenes", type=_at_least(1), default=6003, help="scenes to draw; 3 images each")
+    parser.add_argument("--num_scenes", type=_at_least(1), default=6003,
+                        help="scenes to draw; one image per object (1, 2, 3 objects by default)")
+    parser.add_argument("--objects_per_scene", type=int, choices=range(1, MAX_OBJECTS_PER_SCENE + 1),
+                        default=OBJECTS_PER_SCENE, metavar=f"1..{MAX_OBJECTS_PER_SCENE}",
+                        help="objects in a full scene (i-CLEVR: 3; the course evaluator's renders: 5)")
     parser.add_argument("--seed", type=_at_least(0), default=0, help="same seed and arguments -> identical files")
     parser.add_argument(
         "--num_workers", type=_at_least(1), default=os.cpu_count() or 1, help="rendering processes (default: all cores)"
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         num_workers=args.num_workers,
         overwrite=args.overwrite,
+        objects_per_scene=args.objects_per_scene,
     )
     print(
         f"rendered {stats['images']} images in {stats['seconds']:.1f} s "

@@ -37,7 +37,8 @@ from training.evaluation import denoising_figure, image_grid, load_training_eval
 from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss
-from training.precision import apply_memory_format, cpu_thread_warning, create_optimizer, enable_tf32
+from training.cpu_threads import CpuThreads
+from training.precision import apply_memory_format, create_optimizer, enable_tf32
 from training.sampling import build_pipeline
 from training.stability import NonFiniteGuard, TrainingDivergedError
 from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
@@ -63,8 +64,8 @@ def main(args: argparse.Namespace) -> None:
     check_one_distributed_run(accelerator)
     set_seed(args.seed)
     tf32 = enable_tf32(accelerator.device)
-    if warning := cpu_thread_warning(accelerator.device):
-        logger.warning(warning)
+    # On CPU: all cores while the machine is otherwise idle, fewer while other processes are busy.
+    cpu_threads = CpuThreads(args.cpu_threads, device=accelerator.device)
 
     # --- data: the main process renders / preprocesses into the cache first, the others then read it
     with accelerator.main_process_first():
@@ -139,7 +140,7 @@ def main(args: argparse.Namespace) -> None:
         "device": accelerator.device.type,
         "mixed_precision": accelerator.mixed_precision,
         "tf32": tf32,
-        "cpu_threads": torch.get_num_threads(),
+        **cpu_threads.describe(),
         "fused_adamw": bool(optimizer.defaults["fused"]),
         "dynamo_backend": accelerator.state.dynamo_plugin.backend.value,
         "images_per_update": images_per_update,
@@ -204,6 +205,7 @@ def main(args: argparse.Namespace) -> None:
 
             # --- one optimiser step is done (or skipped: it warns, and aborts after too many in a row)
             global_step += 1
+            threads = cpu_threads.update()
             mean_loss = accelerator.reduce(step_loss, "mean").item()
             step_skipped = guard.record(global_step, mean_loss, grad_norm)
             if ema is not None and not step_skipped:
@@ -215,6 +217,7 @@ def main(args: argparse.Namespace) -> None:
                 "grad_norm": float(grad_norm),
                 "images_per_second": images_per_update / (now - tick),
                 "epoch": epoch,
+                "cpu_threads": threads,
             }
             tick = now
             step_loss.zero_()

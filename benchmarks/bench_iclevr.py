@@ -294,7 +294,7 @@ def model_stage(bench: Bench, train_data_dir: Path) -> Path:
             flags += ["--resume_from_checkpoint", "latest"]
             bench.say("model", f"resuming from {checkpoints[-1].name}")
         # accelerate launch would otherwise set OMP_NUM_THREADS=1 and leave the other cores idle on a CPU.
-        launcher = ["--num_processes", "1", "--num_cpu_threads_per_process", str(torch.get_num_threads())]
+        launcher = ["--num_processes", "1"]
         launch = ["-m", "accelerate.commands.launch", *launcher, "train_conditional.py", *flags]
         display = ["accelerate", "launch", *launcher, "train_conditional.py", *flags]
         tick = time.perf_counter()

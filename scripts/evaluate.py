@@ -21,6 +21,7 @@ import torch
 
 from pipeline import LabelError
 from training.cli import positive_int
+from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError
 from training.evaluation import (
     SCHEDULERS,
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated at once.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision; scoring is fp32.")
+    add_cpu_threads_argument(parser)
     return parser
 
 
@@ -75,6 +77,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     check_scheduler_name(args.scheduler)
     condition_files = resolve_condition_files(args.conditions)
     device = resolve_device(args.device)
+    cpu_threads = CpuThreads(args.cpu_threads, device=device)
     evaluator = load_evaluator(args.evaluator_checkpoint, device)
 
     pipeline = set_scheduler(load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype]), args.scheduler)
@@ -82,7 +85,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     condition_sets = load_condition_sets(condition_files, vocabulary)
     sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
     evaluation = evaluate_pipeline(
-        pipeline, evaluator, condition_sets, seeds=args.seeds, batch_size=args.batch_size, keep_images=True, **sampling
+        pipeline, evaluator, condition_sets, seeds=args.seeds, batch_size=args.batch_size, keep_images=True,
+        callback_on_step_end=cpu_threads.step_callback, **sampling,
     )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "device": str(device),
             "dtype": args.dtype,
             "batch_size": args.batch_size,
+            **cpu_threads.describe(),
             "denoising_labels": denoising_labels,
         },
         **evaluation.report,

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from pipeline.vocabulary import COLOURS, SHAPES, LabelVocabulary
 from training.cli import fraction, positive_int
+from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError, builtin_synthetic_dir, load_training_set
 from training.evaluator import (
     EVALUATOR_RESOLUTION,
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation.")
     optim.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")
     optim.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    add_cpu_threads_argument(optim)
     return parser
 
 
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_path.is_dir():
         raise SystemExit(f"error: --output_path {args.output_path} is a folder; give a file path like checkpoint.pth")
     device = torch.device(args.device)
+    cpu_threads = CpuThreads(args.cpu_threads, device=device)
     torch.manual_seed(args.seed)
 
     train, validation, vocabulary, source = load_data(args)
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            cpu_threads.update()
             progress.update()
             progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", refresh=False)
         metrics = evaluation_metrics(*predict(model, validation_loader, device, precision), vocabulary.labels)
@@ -258,6 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_data": source["train"],
         "validation_data": source["validation"],
         "epochs": args.epochs,
+        **cpu_threads.describe(),
         "seconds": round(time.perf_counter() - start, 1),
     }
     metrics_path = args.output_path.with_name(f"{args.output_path.stem}_metrics.json")

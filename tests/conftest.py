@@ -30,6 +30,20 @@ def import_script(name: str) -> ModuleType:
     return module
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_threads_follow_the_machine_load():
+    """In-process tests use the training's thread policy: every core, fewer while other processes are busy."""
+    from training.cpu_threads import CpuThreads
+
+    policy = CpuThreads()
+    yield policy
+
+
+@pytest.fixture(autouse=True)
+def _cpu_threads_update(_cpu_threads_follow_the_machine_load):
+    _cpu_threads_follow_the_machine_load.update()
+
+
 @pytest.fixture(scope="session")
 def shared_iclevr() -> Path:
     """The real i-CLEVR label files beside the repo; tests that need them skip when they are absent."""

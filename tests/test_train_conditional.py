@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from training.args import parse_args
 from training.checkpointing import CheckpointError, resolve_resume_checkpoint
+from training.cpu_threads import physical_cores
 from training_runs import launch_training, logged_scalars
 
 # 36 images at batch 8 are 5 batches an epoch, so checkpoint-6 sits in the middle of the second epoch.
@@ -54,8 +56,16 @@ def test_validation_writes_a_grid_every_validation_steps(tiny_run):
 
 
 def test_training_logs_loss_lr_grad_norm_and_throughput_every_step(tiny_run):
-    for tag in ("loss", "lr", "grad_norm", "images_per_second", "epoch"):
+    for tag in ("loss", "lr", "grad_norm", "images_per_second", "epoch", "cpu_threads"):
         assert sorted(logged_scalars(tiny_run, tag)) == list(range(1, 9)), tag
+
+
+def test_cpu_training_uses_every_core_by_default_whatever_accelerate_exported(tiny_run):
+    # The launch exported OMP_NUM_THREADS=1 (accelerate's default); the auto policy takes the cores back.
+    info = json.loads((tiny_run / "run_info.json").read_text())
+    assert info["cpu_thread_policy"] == "auto"
+    assert info["cpu_threads"] == physical_cores()
+    assert max(logged_scalars(tiny_run, "cpu_threads").values()) <= physical_cores()
 
 
 def test_training_leaves_a_loadable_pipeline_and_a_sample_grid(tiny_run):

@@ -8,6 +8,7 @@ from typing import Sequence
 from diffusers.optimization import SchedulerType
 
 from training.cli import ArgumentParser, positive_int, probability
+from training.cpu_threads import add_cpu_threads_argument
 from training.hub import HubError, check_repo_id
 from training.tracking import uses_wandb
 
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--ema_power", type=float, default=3 / 4)
 
     speed = parser.add_argument_group("speed (TF32 and fused AdamW are on by themselves on CUDA)")
+    # Replaces accelerate's --num_cpu_threads_per_process, whose OMP_NUM_THREADS this script overrides.
+    add_cpu_threads_argument(speed)
     speed.add_argument("--channels_last", action="store_true",
                        help="Keep conv weights in the channels_last (NHWC) layout, which tensor-core kernels prefer "
                             "under bf16/fp16 on CUDA; measure it with benchmarks/bench_training.py.")

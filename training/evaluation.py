@@ -186,9 +186,11 @@ def generate_and_score(
     batch_size: int = 64,
     keep_images: bool = False,
     progress: bool = True,
+    callback_on_step_end: Callable | None = None,
 ) -> list[dict]:
     """One record per item: the item plus the evaluator's `probs`, its share of the batch's generation `seconds`
     and (with `keep_images`) its PIL `image`. Records depend only on their items, not on the batching.
+    `callback_on_step_end` goes to the pipeline (e.g. a CPU thread policy's `step_callback`).
     """
     if batch_size < 1:
         raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
@@ -203,6 +205,7 @@ def generate_and_score(
             guidance_scale=guidance_scale,
             generator=[image_generator(item["seed"], item["index"]) for item in batch],
             output_type="np",
+            callback_on_step_end=callback_on_step_end,
         ).images  # the conversion to numpy waits for the device, so the timing is complete
         seconds = (time.perf_counter() - tick) / len(batch)
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0  # the evaluator takes [-1, 1]
@@ -272,6 +275,7 @@ def evaluate_pipeline(
     keep_images: bool = False,
     progress: bool = True,
     accelerator: Accelerator | None = None,
+    callback_on_step_end: Callable | None = None,
 ) -> Evaluation:
     """Generates one image per condition per seed, scores them and summarises (see `summarise`).
 
@@ -291,7 +295,7 @@ def evaluate_pipeline(
         items = items[accelerator.process_index :: accelerator.num_processes]
     records = generate_and_score(
         pipeline, evaluator, items, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-        batch_size=batch_size, keep_images=keep_images, progress=progress,
+        batch_size=batch_size, keep_images=keep_images, progress=progress, callback_on_step_end=callback_on_step_end,
     )
     if accelerator is not None:
         records = gather_object(records)

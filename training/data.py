@@ -81,7 +81,7 @@ def vocabulary_for(
             f"{objects_json} orders its {len(found)} labels differently from the given vocabulary "
             f"({len(vocabulary)} labels); use the vocabulary from objects.json or a folder that matches the model"
         )
-    return found
+    return vocabulary if vocabulary is not None else found  # a given vocabulary keeps its max_objects
 
 
 def load_condition_file(path: str | Path, vocabulary: LabelVocabulary | None = None) -> list[list[str]]:

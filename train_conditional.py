@@ -33,14 +33,15 @@ from training.args import parse_args
 from training.checkpointing import checkpoint_step, resolve_resume_checkpoint, save_checkpoint
 from training.data import load_training_set
 from training.distributed import LaunchError, check_one_distributed_run, parameter_checksum
-from training.evaluation import denoising_figure, image_grid, load_training_evaluation
+from training.figures import denoising_figure, image_grid
 from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
-from training.objective import batch_generator, diffusion_loss
+from training.objective import batch_generator, diffusion_loss, timestep_weights
 from training.cpu_threads import CpuThreads
 from training.precision import apply_memory_format, create_optimizer, enable_tf32
 from training.sampling import build_pipeline
 from training.stability import NonFiniteGuard, TrainingDivergedError
+from training.training_evaluation import load_training_evaluation
 from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
 from training.validation import Validation
 
@@ -87,7 +88,14 @@ def main(args: argparse.Namespace) -> None:
     # --- model, noise schedule, EMA, optimiser
     model = create_model(args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary))
     model = apply_memory_format(model, args.channels_last)
-    noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
+        prediction_type=args.prediction_type,
+    )
+    timestep_probabilities = timestep_weights(
+        args.num_train_timesteps, args.timestep_bias_strategy, multiplier=args.timestep_bias_multiplier,
+        portion=args.timestep_bias_portion, begin=args.timestep_bias_begin, end=args.timestep_bias_end,
+    )
     ema = None
     if args.use_ema:
         ema = EMAModel(
@@ -171,6 +179,7 @@ def main(args: argparse.Namespace) -> None:
         total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_local_main_process
     )
     step_loss = torch.zeros((), device=accelerator.device)
+    train_seconds = 0.0  # of this launch, without validation and checkpoint saving
     tick = time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:  # resumed from the last checkpoint
@@ -190,6 +199,8 @@ def main(args: argparse.Namespace) -> None:
                     batch["class_labels"],
                     label_dropout=args.label_dropout,
                     generator=generator,
+                    snr_gamma=args.snr_gamma,
+                    timestep_probabilities=timestep_probabilities,
                 )
                 step_loss += loss.detach() / args.gradient_accumulation_steps
                 accelerator.backward(loss)
@@ -210,16 +221,17 @@ def main(args: argparse.Namespace) -> None:
             step_skipped = guard.record(global_step, mean_loss, grad_norm)
             if ema is not None and not step_skipped:
                 ema.step(model.parameters())
-            now = time.perf_counter()
+            step_seconds = time.perf_counter() - tick
+            train_seconds += step_seconds
             logs = {
                 "loss": mean_loss,
                 "lr": lr_scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm),
-                "images_per_second": images_per_update / (now - tick),
+                "images_per_second": images_per_update / step_seconds,
+                "train_minutes": train_seconds / 60,
                 "epoch": epoch,
                 "cpu_threads": threads,
             }
-            tick = now
             step_loss.zero_()
             accelerator.log(logs, step=global_step)
             progress.update(1)
@@ -229,6 +241,7 @@ def main(args: argparse.Namespace) -> None:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if global_step % args.validation_steps == 0:
                 validation(model, ema, global_step)
+            tick = time.perf_counter()  # saving and validation are not training time
             if global_step >= max_train_steps:
                 break
     progress.close()

@@ -38,7 +38,7 @@ import torch
 from training.cli import positive_int
 from training.checkpointing import list_checkpoints
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
-from training.evaluation import EvaluationError, check_scheduler_name
+from training.samplers import SamplerError, parse_sampler
 from training.model_presets import PRESETS, load_model_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +61,11 @@ class StageError(RuntimeError):
 
 
 def _sampler(text: str) -> tuple[str, int]:
-    """"ddim:50" -> ("ddim", 50)."""
-    name, _, steps = text.partition(":")
+    """"ddim:50" -> ("ddim", 50); "ddim,eta=1:50" -> ("ddim,eta=1", 50)."""
+    name, _, steps = text.rpartition(":")
     try:
-        check_scheduler_name(name)
-    except EvaluationError as error:
+        name = parse_sampler(name).spec
+    except SamplerError as error:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
     if not steps.isdigit() or int(steps) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected SAMPLER:STEPS with STEPS >= 1, like ddim:50")

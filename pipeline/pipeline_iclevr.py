@@ -92,11 +92,13 @@ class ICLEVRPipeline(DiffusionPipeline):
         # Decoding then encoding applies the vocabulary's checks (non-empty rows, at most max_objects).
         return vocabulary.encode_batch([vocabulary.decode(row) for row in labels])
 
-    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
-        # Stochastic schedulers (DDPM, SDE variants) take a generator; deterministic ones have no such argument.
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
-            return {"generator": generator}
-        return {}
+    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict[str, Any]:
+        # Stochastic schedulers (DDPM, SDE variants) take a generator; DDIM takes eta; others neither.
+        accepted = inspect.signature(self.scheduler.step).parameters
+        kwargs: dict[str, Any] = {"generator": generator} if "generator" in accepted else {}
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        return kwargs
 
     def _postprocess(self, latents: torch.Tensor, output_type: str) -> ImageBatch:
         return self.image_processor.postprocess(latents.float(), output_type=output_type)
@@ -107,6 +109,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         labels: Sequence[Sequence[str]] | torch.Tensor,
         num_inference_steps: int = 25,
         guidance_scale: float = 2.0,
+        eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -125,6 +128,8 @@ class ICLEVRPipeline(DiffusionPipeline):
             num_inference_steps: denoising steps; 25 suits DPM-Solver++, DDPM wants its training count (1000).
             guidance_scale: classifier-free guidance weight w in `uncond + w * (cond - uncond)`; <= 1 turns it
                 off and runs only the conditional half.
+            eta: DDIM's eta (DDIM paper's η): 0 is deterministic, 1 adds DDPM's amount of fresh noise per step;
+                other schedulers ignore it.
             generator: one generator, or one per image for per-image reproducibility.
             output_type: "pil" (list of PIL images), "np" ((B, H, W, 3) in [0, 1]) or "pt" ((B, 3, H, W) in [0, 1]).
             return_dict: return an `ICLEVRPipelineOutput` instead of a tuple `(images, intermediates)`.
@@ -170,7 +175,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         latents = latents * self.scheduler.init_noise_sigma
-        step_kwargs = self._step_kwargs(generator)
+        step_kwargs = self._step_kwargs(generator, eta)
 
         # Snapshot i is the state after i steps (0 = initial noise); evenly spaced, the last one is the final image.
         num_states = len(timesteps) + 1

@@ -24,19 +24,16 @@ from training.cli import positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError
 from training.evaluation import (
-    SCHEDULERS,
     EvaluationError,
-    check_scheduler_name,
-    denoising_figure,
     evaluate_pipeline,
     format_table,
-    image_grid,
     load_condition_sets,
     load_pipeline,
     resolve_condition_files,
-    set_scheduler,
 )
 from training.evaluator import EvaluatorError, load_evaluator
+from training.figures import denoising_figure, image_grid
+from training.samplers import SAMPLERS, SamplerError, parse_sampler, sampler_name, set_sampler
 from training.sampling import validation_label_lists
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test.json-style condition files (a JSON list of label lists); repeat for several.")
     parser.add_argument("--evaluator_checkpoint", required=True,
                         help="The evaluator checkpoint ({'model': state_dict} of a ResNet-18, like checkpoint.pth).")
-    parser.add_argument("--scheduler", default="dpmsolver++", help=f"Sampler: {', '.join(SCHEDULERS)}.")
+    parser.add_argument("--scheduler", default=None,
+                        help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
+                             "ddim,eta=1); default: the one the pipeline was saved with.")
     parser.add_argument("--num_inference_steps", type=positive_int, default=25)
     parser.add_argument("--guidance_scale", type=float, default=2.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -74,32 +73,36 @@ def resolve_device(name: str | None) -> torch.device:
 
 def evaluate(args: argparse.Namespace) -> dict:
     # Cheap checks first, so a typo fails before any model is loaded.
-    check_scheduler_name(args.scheduler)
+    sampler = parse_sampler(args.scheduler) if args.scheduler else None
     condition_files = resolve_condition_files(args.conditions)
     device = resolve_device(args.device)
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
     evaluator = load_evaluator(args.evaluator_checkpoint, device)
 
-    pipeline = set_scheduler(load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype]), args.scheduler)
+    pipeline = load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype])
+    if sampler is not None:
+        set_sampler(pipeline, sampler)
+    sampler_kwargs = sampler.call_kwargs if sampler is not None else {}
     vocabulary = pipeline.vocabulary
     condition_sets = load_condition_sets(condition_files, vocabulary)
     sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
     evaluation = evaluate_pipeline(
         pipeline, evaluator, condition_sets, seeds=args.seeds, batch_size=args.batch_size, keep_images=True,
-        callback_on_step_end=cpu_threads.step_callback, **sampling,
+        callback_on_step_end=cpu_threads.step_callback, sampler_kwargs=sampler_kwargs, **sampling,
     )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for (name, seed), images in evaluation.images.items():
         image_grid(images).save(args.output_dir / f"grid_{name}_seed{seed}.png")
     denoising_labels = validation_label_lists(vocabulary)[0]
-    denoising_figure(pipeline, denoising_labels, DENOISING_FRAMES, seed=args.seeds[0], **sampling).save(
-        args.output_dir / "denoising_process.png"
-    )
+    denoising_figure(
+        pipeline, denoising_labels, DENOISING_FRAMES, seed=args.seeds[0], sampler_kwargs=sampler_kwargs, **sampling
+    ).save(args.output_dir / "denoising_process.png")
     report = {
         "settings": {
             "pipeline": args.pipeline,
-            "scheduler": args.scheduler,
+            "scheduler": sampler.spec if sampler is not None else sampler_name(pipeline.scheduler),
+            "scheduler_config": dict(pipeline.scheduler.config),
             **sampling,
             "seeds": args.seeds,
             "evaluator_checkpoint": str(args.evaluator_checkpoint),
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         report = evaluate(args)
-    except (EvaluationError, DataError, LabelError, EvaluatorError) as error:
+    except (EvaluationError, DataError, LabelError, EvaluatorError, SamplerError) as error:
         sys.exit(f"error: {error}")
     print(format_table(report))
     print(f"report, grids and denoising_process.png written to {args.output_dir}")

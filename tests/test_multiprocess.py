@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from conftest import REPO_ROOT
 from pipeline import ICLEVRPipeline
 from training.distributed import parameter_checksum
-from training.evaluation import evaluate_pipeline, image_generator, image_grid, load_condition_sets
+from training.evaluation import evaluate_pipeline, image_generator, load_condition_sets
+from training.figures import image_grid
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
 from training_runs import logged_scalars, run_launch
 from training.cpu_threads import physical_cores

@@ -5,7 +5,8 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 from pipeline import LabelVocabulary
 from training.model_presets import create_model
-from training.sampling import X0_CLIPPING, build_pipeline
+from training.samplers import X0_CLIPPING
+from training.sampling import build_pipeline
 
 
 def largest_latent_during_sampling(pipe) -> float:

@@ -7,9 +7,10 @@ from typing import Sequence
 
 from diffusers.optimization import SchedulerType
 
-from training.cli import ArgumentParser, positive_int, probability
+from training.cli import ArgumentParser, fraction, positive_int, probability
 from training.cpu_threads import add_cpu_threads_argument
 from training.hub import HubError, check_repo_id
+from training.objective import PREDICTION_TYPES, TIMESTEP_BIAS_STRATEGIES
 from training.tracking import uses_wandb
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
@@ -40,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Probability of training on the all-zero (unconditional) label vector, for guidance.")
     model.add_argument("--num_train_timesteps", type=positive_int, default=1000)
     model.add_argument("--beta_schedule", choices=("linear", "squaredcos_cap_v2"), default="squaredcos_cap_v2")
+    model.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
+                       help="What the UNet predicts: the noise (epsilon), the velocity v = alpha*noise - sigma*x0 "
+                            "(v_prediction) or the image (sample); saved in the scheduler config for every sampler.")
+    model.add_argument("--snr_gamma", type=float, default=None,
+                       help="Min-SNR loss weighting with this gamma (5.0 in the paper); default: plain MSE.")
+    model.add_argument("--timestep_bias_strategy", choices=TIMESTEP_BIAS_STRATEGIES, default="none",
+                       help="Draw some timesteps more often: 'later' the noisiest --timestep_bias_portion, "
+                            "'earlier' the least noisy, 'range' [--timestep_bias_begin, --timestep_bias_end).")
+    model.add_argument("--timestep_bias_multiplier", type=float, default=1.0,
+                       help="How much more often the biased timesteps are drawn (1.0: no bias).")
+    model.add_argument("--timestep_bias_portion", type=fraction, default=0.25)
+    model.add_argument("--timestep_bias_begin", type=int, default=0)
+    model.add_argument("--timestep_bias_end", type=int, default=1000)
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max_train_steps", type=positive_int, default=None,
@@ -89,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--evaluator_checkpoint", type=str, default=None,
                      help="An evaluator checkpoint (checkpoint.pth): at every validation, score the EMA model on the "
                           "evaluation conditions, log the accuracy and keep the best pipeline in output_dir/best.")
+    run.add_argument("--evaluation_seeds", type=int, nargs="+", default=None, metavar="SEED",
+                     help="Seeds of the evaluation (one image per condition per seed; default: --seed).")
     run.add_argument("--evaluation_conditions", type=str, nargs="+", default=None, metavar="FILE",
                      help="Condition files to score (default: test.json and new_test.json of the training folder, "
                           "else of the built-in synthetic render).")
@@ -135,6 +151,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if wandb_only:
             parser.error(f"{' and '.join(wandb_only)}: W&B only; add --report_to wandb (or all), "
                          f"not {args.report_to}")
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        parser.error(f"--snr_gamma must be positive (5.0 is the Min-SNR paper's choice), got {args.snr_gamma}")
+    if args.timestep_bias_multiplier <= 0:
+        parser.error(f"--timestep_bias_multiplier must be positive, got {args.timestep_bias_multiplier}")
+    if args.timestep_bias_strategy == "range" and not (
+        0 <= args.timestep_bias_begin < args.timestep_bias_end <= args.num_train_timesteps
+    ):
+        parser.error(f"--timestep_bias_begin/--timestep_bias_end must satisfy 0 <= begin < end <= "
+                     f"--num_train_timesteps ({args.num_train_timesteps}), got {args.timestep_bias_begin}, "
+                     f"{args.timestep_bias_end}")
+    if args.evaluation_seeds and not args.evaluator_checkpoint:
+        parser.error("--evaluation_seeds needs --evaluator_checkpoint, the classifier that scores the images")
     if args.evaluation_conditions and not args.evaluator_checkpoint:
         parser.error("--evaluation_conditions needs --evaluator_checkpoint, the classifier that scores the images")
     return args

@@ -239,8 +239,8 @@ def main(args: argparse.Namespace) -> None:
 
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-            if global_step % args.validation_steps == 0:
-                validation(model, ema, global_step)
+            if global_step % args.validation_steps == 0 or global_step == max_train_steps:
+                validation(model, ema, global_step)  # and at the end: the final weights are scored too
             tick = time.perf_counter()  # saving and validation are not training time
             if global_step >= max_train_steps:
                 break

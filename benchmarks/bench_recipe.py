@@ -141,9 +141,9 @@ def train(name: str, args: argparse.Namespace) -> Path:
     else:
         images_per_second = calibrate(name, args.work_dir, args.calibration_seconds)
         flags = variant_flags(name)
-        steps = max(args.points, round(args.minutes * 60 * images_per_second / flags["train_batch_size"]))
-        plan = {"variant": name, "images_per_second": images_per_second, "max_train_steps": steps,
-                "every": -(-steps // args.points), "minutes": args.minutes}  # fmt: skip
+        every = max(1, round(args.minutes * 60 * images_per_second / flags["train_batch_size"] / args.points))
+        plan = {"variant": name, "images_per_second": images_per_second, "max_train_steps": every * args.points,
+                "every": every, "minutes": args.minutes}  # fmt: skip
         output_dir.mkdir(parents=True, exist_ok=True)
         plan_file.write_text(json.dumps(plan, indent=2) + "\n")
     print(f"[{name}] {plan['max_train_steps']} steps ({plan['images_per_second']:.1f} images/s calibrated)",

@@ -102,6 +102,8 @@ def test_ema_and_lr_schedule_step_once_per_optimizer_step_under_gradient_accumul
     scheduler_state = torch.load(tmp_path / "checkpoint-3" / "scheduler.bin", weights_only=True)
     assert ema_state["optimization_step"] == 3
     assert scheduler_state["last_epoch"] == 3
+    # 3 steps are no multiple of --validation_steps 100: the final weights are validated all the same.
+    assert [p.name for p in (tmp_path / "validation").iterdir()] == ["step-000003.png"]
 
 
 def test_latest_checkpoint_ignores_a_save_that_crashed_midway(tmp_path):

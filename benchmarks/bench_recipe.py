@@ -34,22 +34,22 @@ from training.cli import positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ICLEVR = REPO_ROOT.parent / "shared" / "iclevr"
+# Every setting a variant may change is explicit here, so the variants do not move when the script's defaults do.
 BASE = {
     "model_config_name_or_path": "cpu", "resolution": 32, "train_batch_size": 32, "learning_rate": 5e-4,
-    "lr_warmup_steps": 100, "mixed_precision": "bf16", "use_ema": True,
+    "lr_warmup_steps": 100, "mixed_precision": "bf16", "use_ema": True, "prediction_type": "v_prediction",
+    "snr_gamma": 5.0, "timestep_bias_strategy": "none", "ema_max_decay": 0.9999,
 }  # fmt: skip
-# name -> flags over BASE (a value of True is a switch; a "model" entry is a preset name or {config overrides})
+# name -> flags over BASE (a value of True is a switch, None is "none"; "model" holds preset config overrides)
 VARIANTS: dict[str, dict] = {
-    "epsilon": {},
-    "epsilon-min-snr": {"snr_gamma": 5.0},
-    "v-prediction": {"prediction_type": "v_prediction"},
-    "v-min-snr": {"prediction_type": "v_prediction", "snr_gamma": 5.0},
-    "v-min-snr-later": {"prediction_type": "v_prediction", "snr_gamma": 5.0, "timestep_bias_strategy": "later",
-                        "timestep_bias_multiplier": 2.0},
-    "v-min-snr-adagn": {"prediction_type": "v_prediction", "snr_gamma": 5.0,
-                        "model": {"resnet_time_scale_shift": "scale_shift"}},
-    "v-min-snr-lr1e-3": {"prediction_type": "v_prediction", "snr_gamma": 5.0, "learning_rate": 1e-3},
-    "v-min-snr-batch64": {"prediction_type": "v_prediction", "snr_gamma": 5.0, "train_batch_size": 64},
+    "epsilon": {"prediction_type": "epsilon", "snr_gamma": None},
+    "v-prediction": {"snr_gamma": None},
+    "v-min-snr": {},
+    "v-min-snr-adagn": {"model": {"resnet_time_scale_shift": "scale_shift"}},
+    "v-min-snr-later": {"timestep_bias_strategy": "later", "timestep_bias_multiplier": 2.0},
+    "v-min-snr-lr1e-3": {"learning_rate": 1e-3},
+    "v-min-snr-batch16": {"train_batch_size": 16},
+    "v-min-snr-ema999": {"ema_max_decay": 0.999},
 }
 
 
@@ -66,30 +66,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation_guidance_scale", type=float, default=2.0)
     parser.add_argument("--calibration_seconds", type=float, default=20.0)
     parser.add_argument("--cache_dir", default=None, help="The data cache (default: $ICLEVR_CACHE or ~/.cache).")
+    parser.add_argument("--train_data_dir", default=None, help="Train on this i-CLEVR folder (default: built-in).")
+    parser.add_argument("--model_config_name_or_path", default=None, help=f"Over BASE's {BASE['model_config_name_or_path']!r}.")
+    parser.add_argument("--resolution", type=positive_int, default=None, help=f"Over BASE's {BASE['resolution']}.")
     return parser
 
 
 # ------------------------------------------------------------------------------------------------ variants
 
 
-def variant_flags(name: str) -> dict:
-    return {**BASE, **{k: v for k, v in VARIANTS[name].items() if k != "model"}}
+def base_flags(args: argparse.Namespace) -> dict:
+    """BASE with the command line's overrides."""
+    overrides = {key: getattr(args, key) for key in ("model_config_name_or_path", "resolution", "train_data_dir")}
+    return {**BASE, **{key: value for key, value in overrides.items() if value is not None}}
 
 
-def model_config(name: str, work_dir: Path) -> str:
+def variant_flags(name: str, args: argparse.Namespace) -> dict:
+    return {**base_flags(args), **{k: v for k, v in VARIANTS[name].items() if k != "model"}}
+
+
+def model_config(name: str, args: argparse.Namespace) -> str:
     """The variant's --model_config_name_or_path: the base preset, or a JSON of the preset with its overrides."""
+    preset = base_flags(args)["model_config_name_or_path"]
     overrides = VARIANTS[name].get("model")
     if overrides is None:
-        return BASE["model_config_name_or_path"]
+        return preset
     from training.model_presets import PRESETS
 
-    path = work_dir / "models" / f"{name}.json"
+    path = args.work_dir / "models" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**PRESETS[BASE["model_config_name_or_path"]], **overrides}, indent=2) + "\n")
+    path.write_text(json.dumps({**PRESETS[preset], **overrides}, indent=2) + "\n")
     return str(path)
 
 
-def calibrate(name: str, work_dir: Path, seconds: float) -> float:
+def calibrate(name: str, args: argparse.Namespace) -> float:
     """Images/s of the variant's training step on this machine (model, objective, AdamW, precision as trained)."""
     from diffusers import DDPMScheduler
 
@@ -97,22 +107,22 @@ def calibrate(name: str, work_dir: Path, seconds: float) -> float:
     from training.model_presets import create_model
     from training.objective import diffusion_loss, timestep_weights
 
-    flags = variant_flags(name)
+    flags = variant_flags(name, args)
     policy = CpuThreads()
-    model = create_model(model_config(name, work_dir), sample_size=flags["resolution"])
-    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=flags.get("prediction_type", "epsilon"))
+    model = create_model(model_config(name, args), sample_size=flags["resolution"])
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=flags["prediction_type"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     batch, size = flags["train_batch_size"], flags["resolution"]
     images = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
     labels = (torch.rand(batch, 24, generator=generator) < 0.1).float()
-    probabilities = timestep_weights(1000, flags.get("timestep_bias_strategy", "none"),
+    probabilities = timestep_weights(1000, flags["timestep_bias_strategy"],
                                      multiplier=flags.get("timestep_bias_multiplier", 1.0))
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=flags["mixed_precision"] == "bf16"):
             loss = diffusion_loss(model, scheduler, images, labels, label_dropout=0.1, generator=generator,
-                                  snr_gamma=flags.get("snr_gamma"), timestep_probabilities=probabilities)
+                                  snr_gamma=flags["snr_gamma"], timestep_probabilities=probabilities)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -121,7 +131,7 @@ def calibrate(name: str, work_dir: Path, seconds: float) -> float:
     for _ in range(3):
         step()
     steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - start < args.calibration_seconds:
         step()
         steps += 1
     return steps * batch / (time.perf_counter() - start)
@@ -139,8 +149,8 @@ def train(name: str, args: argparse.Namespace) -> Path:
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
     else:
-        images_per_second = calibrate(name, args.work_dir, args.calibration_seconds)
-        flags = variant_flags(name)
+        images_per_second = calibrate(name, args)
+        flags = variant_flags(name, args)
         every = max(1, round(args.minutes * 60 * images_per_second / flags["train_batch_size"] / args.points))
         plan = {"variant": name, "images_per_second": images_per_second, "max_train_steps": every * args.points,
                 "every": every, "minutes": args.minutes}  # fmt: skip
@@ -148,7 +158,7 @@ def train(name: str, args: argparse.Namespace) -> Path:
         plan_file.write_text(json.dumps(plan, indent=2) + "\n")
     print(f"[{name}] {plan['max_train_steps']} steps ({plan['images_per_second']:.1f} images/s calibrated)",
           file=sys.stderr, flush=True)
-    flags = {**variant_flags(name), "model_config_name_or_path": model_config(name, args.work_dir),
+    flags = {**variant_flags(name, args), "model_config_name_or_path": model_config(name, args),
              "max_train_steps": plan["max_train_steps"], "validation_steps": plan["every"],
              "checkpointing_steps": plan["every"], "checkpoints_total_limit": 1, "output_dir": output_dir,
              "evaluator_checkpoint": args.evaluator_checkpoint, "evaluation_seeds": args.seeds,
@@ -164,6 +174,8 @@ def train(name: str, args: argparse.Namespace) -> Path:
     for key, value in flags.items():
         if value is True:
             command.append(f"--{key}")
+        elif value is None:
+            command += [f"--{key}", "none"]
         elif isinstance(value, list):
             command += [f"--{key}", *map(str, value)]
         else:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from diffusers.optimization import SchedulerType
 
-from training.cli import ArgumentParser, fraction, positive_int, probability
+from training.cli import ArgumentParser, fraction, positive_float_or_none, positive_int, probability
 from training.cpu_threads import add_cpu_threads_argument
 from training.hub import HubError, check_repo_id
 from training.objective import PREDICTION_TYPES, TIMESTEP_BIAS_STRATEGIES
@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
                        help="What the UNet predicts: the noise (epsilon), the velocity v = alpha*noise - sigma*x0 "
                             "(v_prediction) or the image (sample); saved in the scheduler config for every sampler.")
-    model.add_argument("--snr_gamma", type=float, default=None,
-                       help="Min-SNR loss weighting with this gamma (5.0 in the paper); default: plain MSE.")
+    model.add_argument("--snr_gamma", type=positive_float_or_none, default=None,
+                       help="Min-SNR loss weighting with this gamma (5.0 in the paper); 'none': plain MSE.")
     model.add_argument("--timestep_bias_strategy", choices=TIMESTEP_BIAS_STRATEGIES, default="none",
                        help="Draw some timesteps more often: 'later' the noisiest --timestep_bias_portion, "
                             "'earlier' the least noisy, 'range' [--timestep_bias_begin, --timestep_bias_end).")
@@ -151,8 +151,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if wandb_only:
             parser.error(f"{' and '.join(wandb_only)}: W&B only; add --report_to wandb (or all), "
                          f"not {args.report_to}")
-    if args.snr_gamma is not None and args.snr_gamma <= 0:
-        parser.error(f"--snr_gamma must be positive (5.0 is the Min-SNR paper's choice), got {args.snr_gamma}")
     if args.timestep_bias_multiplier <= 0:
         parser.error(f"--timestep_bias_multiplier must be positive, got {args.timestep_bias_multiplier}")
     if args.timestep_bias_strategy == "range" and not (

@@ -36,6 +36,16 @@ def probability(text: str) -> float:
     return value
 
 
+def positive_float_or_none(text: str) -> float | None:
+    """A positive number, or "none" to turn the setting off."""
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'none', got {text}")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose error for a misspelt flag names the closest real one."""
 

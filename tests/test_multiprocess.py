@@ -28,9 +28,10 @@ from pipeline import ICLEVRPipeline
 from training.distributed import parameter_checksum
 from training.evaluation import evaluate_pipeline, image_generator, image_grid, load_condition_sets
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
-from training_runs import logged_scalars, run_launch
 from training.model_presets import create_model
 from training.sampling import validation_label_lists
+from training.tracking import logged_scalars
+from training_runs import run_launch
 
 NUM_IMAGES = 36  # the tiny render
 BATCH, ACCUMULATION, STEPS, WARMUP, LEARNING_RATE = 4, 2, 4, 2, 2e-4

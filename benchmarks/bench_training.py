@@ -141,21 +141,21 @@ def largest_batch(model, batch: dict, device, mode: Mode, *, start: int, limit: 
     """The largest batch whose training step fits in memory: doubling from `start` up to `limit`, then two halving
     refinements between the last fit and the first failure. Returns it with its images/s and the first failure.
     """
-    fits, failed, rate = None, None, None
+    fits, failed, rate, error = None, None, None, None
 
     def attempt(size: int) -> bool:
-        nonlocal fits, failed, rate
-        oom = False
+        nonlocal fits, failed, rate, error
         try:
             data = repeated_batch(batch, size, device)
             rate = train_images_per_second(model, itertools.repeat(data), device, mode, steps=2, warmup=1,
                                            compile_backend=compile_backend)
             fits = size
-        except torch.OutOfMemoryError:
-            oom, failed = True, size
+        # Near the limit cuDNN and cuBLAS report a failed workspace allocation as a plain RuntimeError.
+        except (torch.OutOfMemoryError, RuntimeError) as failure:
+            failed, error = size, f"{type(failure).__name__}: {(str(failure).splitlines() or [''])[0][:200]}"
         data = None
         release_memory(device)
-        return not oom
+        return failed != size
 
     size = start
     while size <= limit and attempt(size):
@@ -165,7 +165,7 @@ def largest_batch(model, batch: dict, device, mode: Mode, *, start: int, limit: 
             break
         attempt((fits + failed) // 2)
     return {"mode": mode.name, "largest_fitting": fits, "images_per_second": rate, "first_failing": failed,
-            "limit": limit}
+            "error": error, "limit": limit}
 
 
 def sampling_seconds(model, vocabulary, device, labels, sampler: str, steps: int, guidance_scale: float,

@@ -41,7 +41,7 @@ def environment_markdown(stage: dict[str, Any]) -> list[str]:
     carried = ", ".join(stage["carried_wheels"]) or "none"
     unmet = "; ".join(stage["unmet_requirements"]) or "none"
     return ["## Environment", "", f"- Versions: {versions}",
-            f"- Carried wheels ({stage['install_seconds']:.0f} s to install): {carried}",
+            f"- Carried wheels: {carried}",
             f"- Unmet requirements: {unmet}"]  # fmt: skip
 
 

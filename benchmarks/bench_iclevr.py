@@ -60,8 +60,8 @@ class StageError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ flags
 
 
-def _sampler(text: str) -> tuple[str, int]:
-    """"ddim:50" -> ("ddim", 50); "ddim,eta=1:50" -> ("ddim,eta=1", 50)."""
+def sampler_and_steps(text: str) -> tuple[str, int]:
+    """The SAMPLER:STEPS flag type: "ddim:50" -> ("ddim", 50); "ddim,eta=1:50" -> ("ddim,eta=1", 50)."""
     name, _, steps = text.rpartition(":")
     try:
         name = parse_sampler(name).spec
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="A stopped training run resumes from its last checkpoint, so this bounds the work lost.")
 
     sampling = parser.add_argument_group("evaluation (scripts/evaluate.py)")
-    sampling.add_argument("--samplers", type=_sampler, nargs="+", default=[_sampler(s) for s in DEFAULT_SAMPLERS],
+    sampling.add_argument("--samplers", type=sampler_and_steps, nargs="+",
+                          default=[sampler_and_steps(s) for s in DEFAULT_SAMPLERS],
                           metavar="SAMPLER:STEPS", help=f"Default: {' '.join(DEFAULT_SAMPLERS)}.")
     sampling.add_argument("--guidance_scale", type=float, default=2.0,
                           help="Each sampler runs without guidance (1.0) and with this scale.")

@@ -188,23 +188,15 @@ def train(name: str, args: argparse.Namespace) -> Path:
 
 
 def curve(output_dir: Path) -> list[dict]:
-    """[{step, minutes, accuracy per condition file, mean}] from the run's TensorBoard log."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """[{step, minutes, accuracy per condition file ("test", "new_test"), "mean"}] from the run's TensorBoard log."""
+    from training.tracking import logged_scalars
 
-    points: dict[int, dict] = {}
-    for events in sorted((output_dir / "logs").rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        tags = accumulator.Tags()["scalars"]
-        minutes = {e.step: e.value for e in accumulator.Scalars("train_minutes")} if "train_minutes" in tags else {}
-        for tag in tags:
-            if tag.startswith("evaluation/") and tag.endswith("accuracy"):
-                name = tag.split("/")[1] if tag.count("/") == 2 else "mean"
-                for event in accumulator.Scalars(tag):
-                    point = points.setdefault(event.step, {"step": event.step})
-                    point[name] = event.value
-                    point.setdefault("minutes", minutes.get(event.step))
-    return [points[step] for step in sorted(points)]
+    minutes = logged_scalars(output_dir, "train_minutes")
+    series = {"mean": logged_scalars(output_dir, "evaluation/mean_accuracy")}
+    for name in ("test", "new_test"):
+        series[name] = logged_scalars(output_dir, f"evaluation/{name}/accuracy")
+    return [{"step": step, "minutes": minutes.get(step), **{name: values[step] for name, values in series.items()}}
+            for step in sorted(series["mean"])]
 
 
 # ---------------------------------------------------------------------------------------------------- report

@@ -29,10 +29,11 @@ from training.distributed import parameter_checksum
 from training.evaluation import evaluate_pipeline, image_generator, load_condition_sets
 from training.figures import image_grid
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
-from training_runs import logged_scalars, run_launch
 from training.cpu_threads import physical_cores
 from training.model_presets import create_model
 from training.sampling import validation_label_lists
+from training.tracking import logged_scalars
+from training_runs import run_launch
 
 NUM_IMAGES = 36  # the tiny render
 BATCH, ACCUMULATION, STEPS, WARMUP, LEARNING_RATE = 4, 2, 4, 2, 2e-4

@@ -12,7 +12,8 @@ import torch
 from training.args import parse_args
 from training.checkpointing import CheckpointError, resolve_resume_checkpoint
 from training.cpu_threads import physical_cores
-from training_runs import launch_training, logged_scalars
+from training.tracking import logged_scalars
+from training_runs import launch_training
 
 # 36 images at batch 8 are 5 batches an epoch, so checkpoint-6 sits in the middle of the second epoch.
 TINY_RUN = [

@@ -19,7 +19,8 @@ from wandb.proto import wandb_internal_pb2
 from training.args import parse_args
 from training.evaluator import build_evaluator, save_evaluator
 from training.sampling import VALIDATION_LABELS
-from training_runs import launch_training, logged_scalars
+from training.tracking import logged_scalars
+from training_runs import launch_training
 
 LEARNING_RATE = 3e-4
 CONDITIONS = [["red cube"], ["blue sphere", "gray cylinder"], ["cyan cube", "red sphere", "yellow cylinder"]]

@@ -1,4 +1,4 @@
-"""Running `accelerate launch train_conditional.py` from tests, and reading back what it logged to TensorBoard."""
+"""Running `accelerate launch train_conditional.py` from tests; `training.tracking.logged_scalars` reads its logs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO_ROOT
 
@@ -45,11 +43,3 @@ def launch_training(
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-def logged_scalars(output_dir: Path, tag: str) -> dict[int, float]:
-    """{step: value} of one scalar from the run's TensorBoard event file."""
-    (events,) = (output_dir / "logs" / "iclevr-ddpm").glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,6 +120,6 @@ ConditionalUNet2DModel.register_for_auto_class("AutoModel")
 # As remote code, diffusers executes this file again in the same module for every model it loads from it
 # (dynamic_modules_utils.get_class_in_module), which would make each loaded unet an instance of a new class object,
 # and the pipeline's `unet: ConditionalUNet2DModel` type check (from_pretrained's warning, from_pipe) would fail.
-# Every execution after the first keeps the first class.
-ConditionalUNet2DModel = globals().get("_FIRST_DEFINITION", ConditionalUNet2DModel)
-_FIRST_DEFINITION = ConditionalUNet2DModel
+# Every execution of the same source keeps the class of its first execution.
+_CLASS_BY_SOURCE = globals().get("_CLASS_BY_SOURCE", {})
+ConditionalUNet2DModel = _CLASS_BY_SOURCE.setdefault(Path(__file__).read_bytes(), ConditionalUNet2DModel)

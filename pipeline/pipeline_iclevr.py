@@ -231,8 +231,8 @@ class ICLEVRPipeline(DiffusionPipeline):
 
         Args:
             labels: label lists such as `[["red sphere", "cyan cube"], ["gray cylinder"]]`, one label list
-                (`["red sphere"]`, a batch of one), or a (B, num_labels) multi-hot tensor. Unknown names raise
-                `LabelError` naming the closest label.
+                (`["red sphere"]`, a batch of one), or a (B, num_labels) multi-hot tensor (a (num_labels,) vector is
+                a batch of one). Unknown names raise `LabelError` naming the closest label.
             num_inference_steps: denoising steps; 25 suits DPM-Solver++, DDPM wants its training count (1000).
             guidance_scale: classifier-free guidance weight w in `uncond + w * (cond - uncond)`; <= 1 turns it
                 off and runs only the conditional half.

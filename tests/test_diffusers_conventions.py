@@ -218,7 +218,7 @@ same_weights = all(torch.equal(value, pipe.unet.state_dict()[key]) for key, valu
 pipe.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
 print(json.dumps({
     "automodel_file": sys.modules[type(unet).__module__].__file__, "modules_cache": HF_MODULES_CACHE,
-    "same_weights": same_weights,
+    "same_weights": same_weights, "one_class": type(unet) is type(pipe.unet),
     "from_pipe_shares_unet": derived.unet is pipe.unet, "shape": list(images.shape),
     "latents_are_the_noise": torch.equal(from_latents.images, images),
     "after_callback": [derived.guidance_scale, derived.interrupt],
@@ -242,7 +242,8 @@ def test_automodel_and_the_pipeline_conventions_work_from_an_exported_folder_in_
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(loaded["automodel_file"]).is_relative_to(loaded["modules_cache"])
-    assert loaded["same_weights"] and loaded["from_pipe_shares_unet"] and loaded["latents_are_the_noise"]
+    assert loaded["same_weights"] and loaded["one_class"]  # loaded twice from the same code: one class
+    assert loaded["from_pipe_shares_unet"] and loaded["latents_are_the_noise"]
     assert loaded["shape"] == [2, 3, 32, 32]
     assert loaded["after_callback"] == [4.0, True]
     assert loaded["fp8_finite"]

@@ -80,6 +80,18 @@ def test_training_leaves_a_loadable_pipeline_and_a_sample_grid(tiny_run):
     assert (tiny_run / "samples.png").is_file()
 
 
+def test_the_saved_unet_loads_alone_with_diffusers_automodel_as_remote_code(tiny_run):
+    from diffusers import AutoModel
+
+    from pipeline import ICLEVRPipeline
+
+    unet = AutoModel.from_pretrained(str(tiny_run / "unet"), trust_remote_code=True)
+
+    assert type(unet).__name__ == "ConditionalUNet2DModel" and type(unet).__module__.startswith("diffusers_modules")
+    expected = ICLEVRPipeline.from_pretrained(tiny_run).unet.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in unet.state_dict().items())
+
+
 def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_losses(tiny_run, tiny_iclevr_dir, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()

@@ -195,8 +195,8 @@ def test_the_saved_pipeline_is_logged_as_a_model_artifact_without_checkpoints(wa
     entries = {entry.path: entry.digest for entry in artifact.manifest.contents}
 
     assert artifact.type == "model"
-    assert sorted(entries) == ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
-                               "unet/diffusion_pytorch_model.safetensors"]  # fmt: skip
+    assert sorted(entries) == ["model_index.json", "scheduler/scheduler_config.json", "unet/conditional_unet.py",
+                               "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]  # fmt: skip
     weights = (first_run / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     md5 = base64.b64encode(hashlib.md5(weights).digest()).decode()  # W&B's manifest digest
     assert entries["unet/diffusion_pytorch_model.safetensors"] == md5

@@ -17,26 +17,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import argparse
 import json
 
-import torch
-
 from pipeline import LabelError
 from training.cli import positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError
 from training.evaluation import (
+    DTYPES,
     EvaluationError,
     evaluate_pipeline,
     format_table,
     load_condition_sets,
     load_pipeline,
     resolve_condition_files,
+    resolve_device,
 )
 from training.evaluator import EvaluatorError, load_evaluator
 from training.figures import denoising_figure, image_grid
 from training.samplers import SAMPLERS, SamplerError, parse_sampler, sampler_name, set_sampler
 from training.sampling import validation_label_lists
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DENOISING_FRAMES = 10
 
 
@@ -59,16 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision; scoring is fp32.")
     add_cpu_threads_argument(parser)
     return parser
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise EvaluationError(f"--device {name!r} is not supported; use cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda was given but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
 
 
 def evaluate(args: argparse.Namespace) -> dict:

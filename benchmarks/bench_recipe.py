@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 
@@ -130,11 +131,13 @@ def calibrate(name: str, args: argparse.Namespace) -> float:
 
     for _ in range(3):
         step()
-    steps, start = 0, time.perf_counter()
+    # The median step: a burst of other work on the machine during calibration must not shrink the budget.
+    durations, start = [], time.perf_counter()
     while time.perf_counter() - start < args.calibration_seconds:
+        tick = time.perf_counter()
         step()
-        steps += 1
-    return steps * batch / (time.perf_counter() - start)
+        durations.append(time.perf_counter() - tick)
+    return batch / statistics.median(durations)
 
 
 # ---------------------------------------------------------------------------------------------------- stages

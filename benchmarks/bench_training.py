@@ -43,10 +43,10 @@ from torch.utils.data import DataLoader, Subset
 from bench_data_cache import DecodingDataset
 from bench_iclevr import sampler_and_steps
 from training.data import load_train_dataset, load_training_set
-from training.evaluation import set_scheduler
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss
 from training.precision import apply_memory_format, enable_tf32
+from training.samplers import set_sampler
 from training.sampling import build_pipeline, validation_label_lists
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -173,12 +173,13 @@ def sampling_seconds(model, vocabulary, device, labels, sampler: str, steps: int
     """Seconds for one pipeline call over `labels`, the UNet's weights in `precision` (latents stay fp32)."""
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     unet = copy.deepcopy(model).to(device=device, dtype=PRECISIONS[precision]).eval()
-    pipe = set_scheduler(build_pipeline(unet, noise_scheduler, vocabulary), sampler)
+    pipe = build_pipeline(unet, noise_scheduler, vocabulary)
+    call_kwargs = set_sampler(pipe, sampler).call_kwargs
     generator = torch.Generator(device="cpu").manual_seed(0)
     synchronize(device)
     start = time.perf_counter()
     pipe(labels=labels, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator,
-         output_type="pt")
+         output_type="pt", **call_kwargs)
     synchronize(device)
     return time.perf_counter() - start
 

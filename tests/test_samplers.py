@@ -35,7 +35,7 @@ def test_settings_are_typed_and_reach_the_scheduler():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("dpm", "unknown sampler 'dpm'; did you mean 'dpmsolver++'?"),
+        ("dpmsolver", "unknown sampler 'dpmsolver'; did you mean 'dpmsolver++'?"),
         ("ddim,timestep_spaceing=trailing", "ddim has no setting 'timestep_spaceing'; did you mean 'timestep_spacing'?"),
         ("unipc,eta=1", "eta applies to DDIMScheduler only, not to unipc"),
         ("ddim,eta", "must look like key=value"),

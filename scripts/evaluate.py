@@ -22,17 +22,15 @@ from training.cli import positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError
 from training.evaluation import (
-    DTYPES,
     EvaluationError,
     evaluate_pipeline,
     format_table,
     load_condition_sets,
-    load_pipeline,
     resolve_condition_files,
-    resolve_device,
 )
 from training.evaluator import EvaluatorError, load_evaluator
 from training.figures import denoising_figure, image_grid
+from training.inference import DTYPES, PipelineLoadingError, load_pipeline, resolve_device
 from training.samplers import SAMPLERS, SamplerError, parse_sampler, sampler_name, set_sampler
 from training.sampling import validation_label_lists
 
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         report = evaluate(args)
-    except (EvaluationError, DataError, LabelError, EvaluatorError, SamplerError) as error:
+    except (EvaluationError, PipelineLoadingError, DataError, LabelError, EvaluatorError, SamplerError) as error:
         sys.exit(f"error: {error}")
     print(format_table(report))
     print(f"report, grids and denoising_process.png written to {args.output_dir}")

@@ -20,10 +20,10 @@ from training.evaluation import (
     evaluate_pipeline,
     evaluation_items,
     generate_and_score,
-    load_pipeline,
 )
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
 from training.figures import denoising_figure
+from training.inference import load_pipeline
 from training.model_presets import create_model
 from training.samplers import DEFAULT_SAMPLER, set_sampler
 from training.sampling import build_pipeline

@@ -102,7 +102,7 @@ def v_prediction_run(tiny_iclevr_dir, tmp_path_factory):
 
 
 def test_the_saved_scheduler_and_every_sampler_built_from_it_predict_v(v_prediction_run):
-    from training.evaluation import load_pipeline
+    from training.inference import load_pipeline
     from training.samplers import SAMPLERS, set_sampler
 
     config = json.loads((v_prediction_run / "scheduler" / "scheduler_config.json").read_text())

@@ -8,7 +8,6 @@ own — by another batch size or another process — and the records merged once
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pipeline import ICLEVRPipeline, LabelVocabulary
+from pipeline import LabelVocabulary
 from training.data import builtin_synthetic_dir, load_condition_file
 from training.evaluator import classify, evaluation_metrics
 from training.seeding import derived_generator
@@ -44,93 +43,6 @@ class Evaluation:
 
 
 # ------------------------------------------------------------------------------------------------ set-up
-
-
-# The precisions a pipeline's UNet can sample in (`--dtype`); latents and scheduler arithmetic stay float32.
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """`--device`: cpu or cuda[:N]; None picks cuda when available."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise EvaluationError(f"--device {name!r} is not supported; use cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda was given but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
-def load_pipeline(
-    name_or_path: str,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    revision: str | None = None,
-) -> DiffusionPipeline:
-    """A local folder saved with this repo's classes loads with `ICLEVRPipeline`; a Hub id (at `revision`), or a
-    folder that ships its own pipeline code, loads through `DiffusionPipeline` with that code (`trust_remote_code=True`).
-    """
-    folder = _local_folder(name_or_path)
-    try:
-        if folder is not None and _saved_with_local_classes(folder):
-            pipeline = ICLEVRPipeline.from_pretrained(folder, dtype=dtype)
-        else:
-            pipeline = DiffusionPipeline.from_pretrained(
-                str(folder or name_or_path), dtype=dtype, trust_remote_code=True, revision=revision
-            )
-    except OSError as error:
-        raise _loading_error(name_or_path, error) from None
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(device)
-
-
-def load_pipeline_vocabulary(name_or_path: str, *, revision: str | None = None) -> tuple[LabelVocabulary, str | None]:
-    """The label vocabulary of a pipeline, read from its model_index.json alone (for a Hub id, only that file is
-    downloaded), so label lists can be checked before any weights load; and the Hub commit it came from (None for a
-    local folder).
-    """
-    folder = _local_folder(name_or_path)
-    try:
-        config, commit = DiffusionPipeline.load_config(
-            str(folder or name_or_path), revision=revision, return_commit_hash=True
-        )
-    except OSError as error:
-        raise _loading_error(name_or_path, error) from None
-    labels = config.get("labels") or LabelVocabulary().labels
-    return LabelVocabulary(sorted(labels, key=labels.__getitem__) if isinstance(labels, dict) else labels), commit
-
-
-def _local_folder(name_or_path: str) -> Path | None:
-    """The folder a pipeline name points at, or None for a Hub id; anything else is refused in one line."""
-    folder = Path(name_or_path).expanduser()
-    if (folder / "model_index.json").is_file():
-        return folder
-    if folder.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        raise EvaluationError(
-            f"--pipeline {name_or_path}: no pipeline there (no model_index.json); give a training "
-            "--output_dir or a Hub id like user/iclevr-ddpm"
-        )
-    return None
-
-
-def _loading_error(name_or_path: str, error: OSError) -> EvaluationError:
-    # diffusers' message points at a stack trace that this one-line error does not print.
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    reason = reason.replace(" Please check out the root cause in the stacktrace above.", "")
-    return EvaluationError(
-        f"cannot load the pipeline {name_or_path!r} (no local folder with model_index.json, so a Hub id): {reason}"
-    )
-
-
-def _saved_with_local_classes(folder: Path) -> bool:
-    """True when model_index.json names this repo's `pipeline` package for the unet, False for shipped code."""
-    index_file = folder / "model_index.json"
-    try:
-        unet_entry = json.loads(index_file.read_text()).get("unet", [None])
-    except (json.JSONDecodeError, AttributeError):
-        raise EvaluationError(f"{index_file} is not a diffusers model_index.json") from None
-    return bool(unet_entry) and str(unet_entry[0]).startswith("pipeline.")
 
 
 def resolve_condition_files(paths: Sequence[str | Path]) -> dict[str, Path]:

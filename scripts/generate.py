@@ -5,10 +5,10 @@
 
 Each --labels is one label list (names separated by commas); --conditions adds the lists of a test.json-style file.
 Image j of every list is drawn from seed --seed + j (one generator per image), so a file's name tells how to make it
-again: `red-sphere+cyan-cube_seed2.png` is `--labels "red sphere, cyan cube" --seed 2` with the same settings.
+again: `01_gray-cube_seed2.png` (list 1) is `--labels "gray cube" --seed 2` with the same settings.
 Writes to --output_dir one PNG per image, grid.png (one row per label list, captioned) and manifest.json (labels,
-seeds, sampler, steps, guidance, model id and revision, seconds per image). --num_inference_steps and
---guidance_scale default to the pipeline's own call defaults, --scheduler to the sampler it was saved with.
+seeds, sampler, steps, guidance, model id and revision, seconds per image). --scheduler defaults to the sampler the
+pipeline was saved with.
 """
 
 import sys
@@ -17,7 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout; no install step
 
 import argparse
-import inspect
 import json
 import time
 from typing import Any
@@ -29,15 +28,17 @@ from pipeline import LabelError, LabelVocabulary
 from training.cli import positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError, load_condition_file
-from training.evaluation import (
-    DTYPES,
-    EvaluationError,
-    load_pipeline,
-    load_pipeline_vocabulary,
-    resolve_device,
-)
 from training.figures import captioned_grid
-from training.samplers import SAMPLERS, SamplerError, parse_sampler, sampler_name, set_sampler
+from training.inference import DTYPES, PipelineLoadingError, load_pipeline, pipeline_labels, resolve_device
+from training.samplers import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INFERENCE_STEPS,
+    SAMPLERS,
+    SamplerError,
+    parse_sampler,
+    sampler_name,
+    set_sampler,
+)
 
 MANIFEST = "manifest.json"
 GRID = "grid.png"
@@ -52,14 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conditions", action="append", default=[], type=Path, metavar="FILE",
                         help="A test.json-style file (a JSON list of label lists); repeatable.")
     parser.add_argument("--num_images_per_prompt", type=positive_int, default=1, help="Images per label list.")
-    parser.add_argument("--seed", type=int, default=0, help="Image j of every list uses seed + j.")
+    parser.add_argument("--seed", type=int, default=0, help="Image j of every list is drawn from seed + j.")
     parser.add_argument("--scheduler", default=None,
                         help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
                              "ddim,eta=1); default: the one the pipeline was saved with.")
-    parser.add_argument("--num_inference_steps", type=positive_int, default=None,
-                        help="Denoising steps (default: the pipeline's own default).")
-    parser.add_argument("--guidance_scale", type=float, default=None,
-                        help="Classifier-free guidance weight; 1 turns it off (default: the pipeline's own default).")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS)
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                        help="Classifier-free guidance weight; 1 turns it off.")
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=32, help="At most this many images per call.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
@@ -78,57 +78,51 @@ def read_label_lists(args: argparse.Namespace, vocabulary: LabelVocabulary) -> l
     return label_lists
 
 
-def call_defaults(pipeline) -> dict[str, Any]:
-    """The pipeline's own defaults for the settings left open, read from its __call__ signature."""
-    parameters = inspect.signature(type(pipeline).__call__).parameters
-    return {name: parameters[name].default for name in ("num_inference_steps", "guidance_scale")}
-
-
-def image_name(labels: list[str], seed: int) -> str:
-    return "+".join(name.replace(" ", "-") for name in labels) + f"_seed{seed}.png"
+def image_name(index: int, labels: list[str], seed: int) -> str:
+    """`03_red-sphere+cyan-cube_seed2.png`: the list's position (the same list may come twice), its labels, the seed."""
+    return f"{index:02d}_" + "+".join(name.replace(" ", "-") for name in labels) + f"_seed{seed}.png"
 
 
 def generate(args: argparse.Namespace) -> dict[str, Any]:
     # Everything that can be checked without the weights is checked first: a typo fails before any work starts.
     sampler = parse_sampler(args.scheduler) if args.scheduler else None
     device = resolve_device(args.device)
-    vocabulary, commit = load_pipeline_vocabulary(args.pipeline, revision=args.revision)
-    label_lists = read_label_lists(args, vocabulary)
+    labels, commit = pipeline_labels(args.pipeline, revision=args.revision)
+    label_lists = read_label_lists(args, LabelVocabulary(labels) if labels else LabelVocabulary())
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
 
+    # At the commit the labels came from, so a push in between cannot change the model.
     pipeline = load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype], revision=commit)
     if sampler is not None:
         set_sampler(pipeline, sampler)
-    settings = call_defaults(pipeline)
-    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
-    per_prompt = args.num_images_per_prompt
-    seeds = [args.seed + j for j in range(per_prompt)]
-    lists_per_call = max(1, args.batch_size // per_prompt)
-    calls = [label_lists[i : i + lists_per_call] for i in range(0, len(label_lists), lists_per_call)]
-
-    bar = tqdm(total=len(calls) * settings["num_inference_steps"], desc="denoising", unit="step")
+    per_list = args.num_images_per_prompt
+    seeds = [args.seed + j for j in range(per_list)]
+    lists_per_call = max(1, args.batch_size // per_list)
+    calls = [range(i, min(i + lists_per_call, len(label_lists))) for i in range(0, len(label_lists), lists_per_call)]
+    bar = tqdm(total=len(calls) * args.num_inference_steps, desc="denoising", unit="step")
 
     def on_step_end(pipe, step, timestep, callback_kwargs):
-        cpu_threads.update()
         bar.update()
-        return {}
+        return cpu_threads.step_callback(pipe, step, timestep, callback_kwargs)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     records, rows = [], []
-    for batch in calls:
+    for call in calls:
         tick = time.perf_counter()
         images = pipeline(
-            batch, num_images_per_prompt=per_prompt, **settings,
-            generator=[torch.Generator().manual_seed(seed) for _ in batch for seed in seeds],
+            [label_lists[i] for i in call], num_images_per_prompt=per_list,
+            num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+            generator=[torch.Generator().manual_seed(seed) for _ in call for seed in seeds],
             callback_on_step_end=on_step_end, **(sampler.call_kwargs if sampler else {}),
         ).images  # fmt: skip
         seconds = (time.perf_counter() - tick) / len(images)
-        for i, labels in enumerate(batch):
-            own = images[i * per_prompt : (i + 1) * per_prompt]
-            rows.append((", ".join(labels), own))
+        for position, index in enumerate(call):
+            own = images[position * per_list : (position + 1) * per_list]
+            rows.append((", ".join(label_lists[index]), own))
             for seed, image in zip(seeds, own):
-                image.save(args.output_dir / image_name(labels, seed))
-                records.append({"file": image_name(labels, seed), "labels": labels, "seed": seed, "seconds": seconds})
+                name = image_name(index, label_lists[index], seed)
+                image.save(args.output_dir / name)
+                records.append({"file": name, "labels": label_lists[index], "seed": seed, "seconds": seconds})
     bar.close()
     captioned_grid(rows).save(args.output_dir / GRID)
 
@@ -136,13 +130,14 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         "model": {"id": args.pipeline, "revision": commit},
         "sampler": sampler.spec if sampler is not None else sampler_name(pipeline.scheduler),
         "scheduler_config": dict(pipeline.scheduler.config),
-        **settings,
-        "num_images_per_prompt": per_prompt,
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "num_images_per_prompt": per_list,
         "seed": args.seed,
         "device": str(device),
         "dtype": args.dtype,
         **cpu_threads.describe(),
-        "seconds_per_image": sum(r["seconds"] for r in records) / len(records),
+        "seconds_per_image": sum(record["seconds"] for record in records) / len(records),
         "grid": GRID,
         "images": records,
     }
@@ -154,11 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         manifest = generate(args)
-    except (EvaluationError, DataError, LabelError, SamplerError) as error:
+    except (PipelineLoadingError, DataError, LabelError, SamplerError) as error:
         sys.exit(f"error: {error}")
     print(
         f"{len(manifest['images'])} images ({manifest['seconds_per_image']:.3f} s each; {manifest['sampler']}, "
-        f"{manifest['num_inference_steps']} steps, guidance {manifest['guidance_scale']}) -> {args.output_dir}"
+        f"{manifest['num_inference_steps']} steps, guidance {manifest['guidance_scale']:g}) -> {args.output_dir}"
     )
 
 

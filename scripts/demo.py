@@ -34,7 +34,6 @@ from training.samplers import (
     DEFAULT_INFERENCE_STEPS,
     SAMPLERS,
     SamplerError,
-    parse_sampler,
     sampler_name,
     set_sampler,
 )
@@ -76,12 +75,13 @@ def build_demo(pipe: DiffusionPipeline, title: str) -> gr.Blocks:
         """The pipeline with the chosen sampler (on the saved noise schedule), sharing the UNet; its call arguments."""
         if sampler == saved_sampler:
             return pipe, {}
+        variant = type(pipe).from_pipe(pipe)
         try:
-            spec = parse_sampler(sampler)
+            spec = set_sampler(variant, sampler)
         except SamplerError as error:
             raise gr.Error(f"{error}; or type a spec like ddim,eta=1") from None
-        variant = type(pipe).from_pipe(pipe)
-        set_sampler(variant, spec)
+        except (ValueError, NotImplementedError) as error:  # settings the scheduler itself refuses
+            raise gr.Error(f"the sampler {sampler!r} cannot be built: {error}") from None
         variant.set_progress_bar_config(disable=True)
         return variant, spec.call_kwargs
 
@@ -91,6 +91,8 @@ def build_demo(pipe: DiffusionPipeline, title: str) -> gr.Blocks:
         problem = check_objects(pipe, labels)
         if problem is not None:
             raise gr.Error(problem)
+        if seed is None:  # an emptied field
+            raise gr.Error("Type a seed: a whole number, 0 or more.")
         chosen, call_kwargs = pipeline_for(sampler)
         steps, seed, num_images = int(steps), int(seed), int(num_images)
         tick = time.perf_counter()

@@ -35,11 +35,12 @@ from typing import Any
 
 import torch
 
-from training.cli import positive_int
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.checkpointing import list_checkpoints
+from training.cli import positive_int
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
-from training.samplers import SamplerError, parse_sampler
 from training.model_presets import PRESETS, load_model_config
+from training.samplers import SamplerError, parse_sampler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_CONDITIONS_DIR = REPO_ROOT.parent / "shared" / "iclevr"
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--samplers", type=sampler_and_steps, nargs="+",
                           default=[sampler_and_steps(s) for s in DEFAULT_SAMPLERS],
                           metavar="SAMPLER:STEPS", help=f"Default: {' '.join(DEFAULT_SAMPLERS)}.")
-    sampling.add_argument("--guidance_scale", type=float, default=2.0,
+    sampling.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                           help="Each sampler runs without guidance (1.0) and with this scale.")
     sampling.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     sampling.add_argument("--eval_dtype", choices=("fp32", "bf16", "fp16"), default="bf16",

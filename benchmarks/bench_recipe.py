@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.cli import positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--points", type=positive_int, default=5, help="Evaluations per run (the last at the end).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--validation_inference_steps", type=positive_int, default=25)
-    parser.add_argument("--validation_guidance_scale", type=float, default=2.0)
+    parser.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument("--calibration_seconds", type=float, default=20.0)
     parser.add_argument("--cache_dir", default=None, help="The data cache (default: $ICLEVR_CACHE or ~/.cache).")
     parser.add_argument("--train_data_dir", default=None, help="Train on this i-CLEVR folder (default: built-in).")

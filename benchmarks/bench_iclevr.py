@@ -40,11 +40,11 @@ from training.checkpointing import list_checkpoints
 from training.cli import positive_int
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
 from training.model_presets import PRESETS, load_model_config
-from training.samplers import SamplerError, parse_sampler
+from training.samplers import DEFAULT_SAMPLER, SamplerError, parse_sampler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_CONDITIONS_DIR = REPO_ROOT.parent / "shared" / "iclevr"
-DEFAULT_SAMPLERS = ("ddpm:1000", "ddim:50", "dpmsolver++:25", "dpmsolver++:10")
+DEFAULT_SAMPLERS = ("ddpm:1000", f"{DEFAULT_SAMPLER}:25", "dpmsolver++:25", "ddim:50")
 SETTINGS_FILE = "settings.json"  # the flags each cached stage was made with
 TIMINGS_FILE = "timings.json"
 LOG_TAIL_LINES = 15
@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model_config_name_or_path", default="cpu")
     model.add_argument("--resolution", type=positive_int, default=32)
     model.add_argument("--train_batch_size", type=positive_int, default=32)
-    model.add_argument("--max_train_steps", type=positive_int, default=1500)
-    model.add_argument("--learning_rate", type=float, default=5e-4)
+    model.add_argument("--max_train_steps", type=positive_int, default=2200)  # the README quick start's
+    model.add_argument("--learning_rate", type=float, default=1e-3)
     model.add_argument("--lr_warmup_steps", type=int, default=100)
     model.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
     model.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)

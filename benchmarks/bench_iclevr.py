@@ -35,15 +35,16 @@ from typing import Any
 
 import torch
 
-from training.cli import positive_int
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.checkpointing import list_checkpoints
+from training.cli import positive_int
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
-from training.samplers import SamplerError, parse_sampler
 from training.model_presets import PRESETS, load_model_config
+from training.samplers import DEFAULT_SAMPLER, SamplerError, parse_sampler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_CONDITIONS_DIR = REPO_ROOT.parent / "shared" / "iclevr"
-DEFAULT_SAMPLERS = ("ddpm:1000", "ddim:50", "dpmsolver++:25", "dpmsolver++:10")
+DEFAULT_SAMPLERS = ("ddpm:1000", f"{DEFAULT_SAMPLER}:25", "dpmsolver++:25", "ddim:50")
 SETTINGS_FILE = "settings.json"  # the flags each cached stage was made with
 TIMINGS_FILE = "timings.json"
 LOG_TAIL_LINES = 15
@@ -95,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model_config_name_or_path", default="cpu")
     model.add_argument("--resolution", type=positive_int, default=32)
     model.add_argument("--train_batch_size", type=positive_int, default=32)
-    model.add_argument("--max_train_steps", type=positive_int, default=1500)
-    model.add_argument("--learning_rate", type=float, default=5e-4)
+    model.add_argument("--max_train_steps", type=positive_int, default=2200)  # the README quick start's
+    model.add_argument("--learning_rate", type=float, default=1e-3)
     model.add_argument("--lr_warmup_steps", type=int, default=100)
     model.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
     model.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--samplers", type=sampler_and_steps, nargs="+",
                           default=[sampler_and_steps(s) for s in DEFAULT_SAMPLERS],
                           metavar="SAMPLER:STEPS", help=f"Default: {' '.join(DEFAULT_SAMPLERS)}.")
-    sampling.add_argument("--guidance_scale", type=float, default=2.0,
+    sampling.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                           help="Each sampler runs without guidance (1.0) and with this scale.")
     sampling.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     sampling.add_argument("--eval_dtype", choices=("fp32", "bf16", "fp16"), default="bf16",

@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.cli import positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,8 @@ BASE = {
     "lr_warmup_steps": 100, "mixed_precision": "bf16", "use_ema": True, "prediction_type": "v_prediction",
     "snr_gamma": 5.0, "timestep_bias_strategy": "none", "ema_max_decay": 0.9999,
 }  # fmt: skip
+# Model config over the preset, also explicit: the study's starting point has plain additive time embeddings.
+BASE_MODEL = {"resnet_time_scale_shift": "default"}
 # name -> flags over BASE (a value of True is a switch, None is "none"; "model" holds preset config overrides)
 VARIANTS: dict[str, dict] = {
     "epsilon": {"prediction_type": "epsilon", "snr_gamma": None},
@@ -49,6 +52,7 @@ VARIANTS: dict[str, dict] = {
     "v-min-snr-adagn": {"model": {"resnet_time_scale_shift": "scale_shift"}},
     "v-min-snr-later": {"timestep_bias_strategy": "later", "timestep_bias_multiplier": 2.0},
     "v-min-snr-lr1e-3": {"learning_rate": 1e-3},
+    "v-min-snr-adagn-lr1e-3": {"model": {"resnet_time_scale_shift": "scale_shift"}, "learning_rate": 1e-3},
     "v-min-snr-batch16": {"train_batch_size": 16},
     "v-min-snr-ema999": {"ema_max_decay": 0.999},
 }
@@ -64,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--points", type=positive_int, default=5, help="Evaluations per run (the last at the end).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--validation_inference_steps", type=positive_int, default=25)
-    parser.add_argument("--validation_guidance_scale", type=float, default=2.0)
+    parser.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument("--calibration_seconds", type=float, default=20.0)
     parser.add_argument("--cache_dir", default=None, help="The data cache (default: $ICLEVR_CACHE or ~/.cache).")
     parser.add_argument("--train_data_dir", default=None, help="Train on this i-CLEVR folder (default: built-in).")
@@ -87,16 +91,13 @@ def variant_flags(name: str, args: argparse.Namespace) -> dict:
 
 
 def model_config(name: str, args: argparse.Namespace) -> str:
-    """The variant's --model_config_name_or_path: the base preset, or a JSON of the preset with its overrides."""
-    preset = base_flags(args)["model_config_name_or_path"]
-    overrides = VARIANTS[name].get("model")
-    if overrides is None:
-        return preset
+    """The variant's --model_config_name_or_path: a JSON of the preset with BASE_MODEL and the variant's overrides."""
     from training.model_presets import PRESETS
 
+    preset = base_flags(args)["model_config_name_or_path"]
     path = args.work_dir / "models" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**PRESETS[preset], **overrides}, indent=2) + "\n")
+    path.write_text(json.dumps({**PRESETS[preset], **BASE_MODEL, **VARIANTS[name].get("model", {})}, indent=2) + "\n")
     return str(path)
 
 

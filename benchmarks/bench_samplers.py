@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.cli import positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.evaluation import (
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work_dir", type=Path, required=True, help="Cached results and the tables go here.")
     parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_SAMPLERS), metavar="SPEC")
     parser.add_argument("--steps", type=positive_int, nargs="+", default=[10, 25, 50])
-    parser.add_argument("--guidance_scale", type=float, default=2.0)
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--conditions", nargs="+", default=None, metavar="FILE",
                         help="Condition files (default: ../shared/iclevr/test.json and new_test.json).")

@@ -31,17 +31,19 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
+from bench_data_cache import DecodingDataset
+from bench_iclevr import sampler_and_steps
 from diffusers import DDPMScheduler
 from diffusers.utils import logging as diffusers_logging
 from torch.utils.data import DataLoader, Subset
 
-from bench_data_cache import DecodingDataset
-from bench_iclevr import sampler_and_steps
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.data import load_train_dataset, load_training_set
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_batch", type=int, default=0, metavar="LIMIT",
                         help="Find the largest batch that fits, up to LIMIT, in the first mode (0: skip).")
     parser.add_argument("--num_images", type=int, default=32, help="Images per sampling run.")
-    parser.add_argument("--guidance_scale", type=float, default=2.0)
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument("--samplers", type=sampler_and_steps, nargs="+",
                         default=[sampler_and_steps(s) for s in DEFAULT_SAMPLERS],
                         metavar="SAMPLER:STEPS", help=f"Default: {' '.join(DEFAULT_SAMPLERS)}.")

@@ -7,13 +7,13 @@ relatively.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-
 from diffusers import DiffusionPipeline, SchedulerMixin
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
@@ -27,6 +27,10 @@ from .vocabulary import DEFAULT_LABELS, LabelError, LabelVocabulary
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 ImageBatch = list[PIL.Image.Image] | np.ndarray | torch.Tensor
 Labels = Sequence[str] | Sequence[Sequence[str]] | torch.Tensor
+
+
+# Classifier-free guidance weight measured best at 25 steps (benchmarks/bench_samplers.py, README: Samplers).
+DEFAULT_GUIDANCE_SCALE = 4.0
 
 
 @dataclass
@@ -219,7 +223,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         self,
         labels: Labels,
         num_inference_steps: int = 25,
-        guidance_scale: float = 2.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,

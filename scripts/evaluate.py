@@ -18,6 +18,7 @@ import argparse
 import json
 
 from pipeline import LabelError
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.cli import positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
                              "ddim,eta=1); default: the one the pipeline was saved with.")
     parser.add_argument("--num_inference_steps", type=positive_int, default=25)
-    parser.add_argument("--guidance_scale", type=float, default=2.0)
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated at once.")

@@ -45,8 +45,10 @@ def test_the_table_and_the_plot_are_written(bench):
 def test_variants_train_what_they_say(bench):
     _, _, work = bench
     epsilon = json.loads((work / "runs" / "epsilon" / "training_args.json").read_text())
+    epsilon_unet = json.loads((work / "runs" / "epsilon" / "unet" / "config.json").read_text())
     adagn = json.loads((work / "runs" / "v-min-snr-adagn" / "unet" / "config.json").read_text())
     assert epsilon["prediction_type"] == "epsilon" and epsilon["snr_gamma"] is None
+    assert epsilon_unet["resnet_time_scale_shift"] == "default"  # the base is explicit, whatever the presets say
     assert adagn["resnet_time_scale_shift"] == "scale_shift"
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the scripts there import their neighbours
-from gpu_check import GPU, RECIPE  # noqa: E402
+from gpu_check import DEFAULT_SAMPLER, GPU, RECIPE  # noqa: E402
 
 SMOKE_TIMEOUT = 600  # seconds; the smoke run takes about 2 minutes on 2 cores
 STAGES = ["install", "environment", "data", "tests", "throughput", "sampling", "fp16_resume", "quality"]
@@ -85,12 +85,19 @@ def test_throughput_covers_each_precision_with_and_without_channels_last_and_com
     assert stage["largest_batch"]["largest_fitting"] == stage["largest_batch"]["limit"]  # no OOM on a CPU
 
 
+def test_the_check_samples_with_the_pipelines_default_sampler():
+    from training.samplers import DEFAULT_SAMPLER as saved_default
+
+    assert DEFAULT_SAMPLER == saved_default
+    assert GPU.samplers[0] == f"{saved_default}:25"
+
+
 def test_sampling_times_the_default_sampler_and_ddpm_in_bf16_and_fp16(smoke):
     _, results = smoke
     rows = results["stages"]["sampling"]["rows"]
 
     assert [(row["sampler"], row["precision"]) for row in rows] == [
-        ("dpmsolver++", "bf16"), ("dpmsolver++", "fp16"), ("ddpm", "bf16"), ("ddpm", "fp16")]  # fmt: skip
+        (DEFAULT_SAMPLER, "bf16"), (DEFAULT_SAMPLER, "fp16"), ("ddpm", "bf16"), ("ddpm", "fp16")]  # fmt: skip
     assert all(row["seconds"] > 0 for row in rows)
 
 

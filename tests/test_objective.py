@@ -94,14 +94,14 @@ def v_prediction_run(tiny_iclevr_dir, tmp_path_factory):
     launch_training(
         "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "8",
         "--max_train_steps", "3", "--lr_warmup_steps", "1", "--validation_steps", "100",
-        "--validation_inference_steps", "2", "--prediction_type", "v_prediction", "--snr_gamma", "5",
+        "--validation_inference_steps", "2",  # v-prediction and Min-SNR 5 are the defaults
         "--timestep_bias_strategy", "later", "--timestep_bias_multiplier", "2",
         "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
     )  # fmt: skip
     return output_dir
 
 
-def test_the_saved_scheduler_and_every_sampler_built_from_it_predict_v(v_prediction_run):
+def test_by_default_the_saved_scheduler_and_every_sampler_built_from_it_predict_v(v_prediction_run):
     from training.inference import load_pipeline
     from training.samplers import SAMPLERS, set_sampler
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from diffusers.optimization import SchedulerType
 
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.cli import ArgumentParser, fraction, positive_float_or_none, positive_int, probability
 from training.cpu_threads import add_cpu_threads_argument
 from training.hub import HubError, check_repo_id
@@ -41,11 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Probability of training on the all-zero (unconditional) label vector, for guidance.")
     model.add_argument("--num_train_timesteps", type=positive_int, default=1000)
     model.add_argument("--beta_schedule", choices=("linear", "squaredcos_cap_v2"), default="squaredcos_cap_v2")
-    model.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
+    # v-prediction with Min-SNR 5 learned the labels fastest of the objectives measured (benchmarks/bench_recipe.py).
+    model.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="v_prediction",
                        help="What the UNet predicts: the noise (epsilon), the velocity v = alpha*noise - sigma*x0 "
                             "(v_prediction) or the image (sample); saved in the scheduler config for every sampler.")
-    model.add_argument("--snr_gamma", type=positive_float_or_none, default=None,
-                       help="Min-SNR loss weighting with this gamma (5.0 in the paper); 'none': plain MSE.")
+    model.add_argument("--snr_gamma", type=positive_float_or_none, default=5.0,
+                       help="Min-SNR loss weighting with this gamma (5.0, as in the paper); 'none': plain MSE.")
     model.add_argument("--timestep_bias_strategy", choices=TIMESTEP_BIAS_STRATEGIES, default="none",
                        help="Draw some timesteps more often: 'later' the noisiest --timestep_bias_portion, "
                             "'earlier' the least noisy, 'range' [--timestep_bias_begin, --timestep_bias_end).")
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validation_steps", type=positive_int, default=500,
                      help="Sample a grid of fixed label lists with the EMA weights every this many steps.")
     run.add_argument("--validation_inference_steps", type=positive_int, default=25)
-    run.add_argument("--validation_guidance_scale", type=float, default=2.0)
+    run.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     run.add_argument("--evaluator_checkpoint", type=str, default=None,
                      help="An evaluator checkpoint (checkpoint.pth): at every validation, score the EMA model on the "
                           "evaluation conditions, log the accuracy and keep the best pipeline in output_dir/best.")

@@ -3,12 +3,14 @@ denoising process of one label list."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from diffusers import DiffusionPipeline
 from diffusers.utils import make_image_grid
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.evaluation import image_generator
 
 GRID_COLUMNS = 8
@@ -46,7 +48,7 @@ def denoising_figure(
     num_frames: int = 10,
     *,
     num_inference_steps: int = 25,
-    guidance_scale: float = 2.0,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     seed: int = 0,
     sampler_kwargs: Mapping[str, Any] | None = None,
 ) -> Image.Image:

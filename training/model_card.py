@@ -6,9 +6,12 @@ Pure rendering: `training.export` reads the folder's files and passes what it fo
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
+
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 
 TEMPLATE = """\
 ---
@@ -34,7 +37,7 @@ and pin `revision` to a commit hash, so that later pushes cannot change the code
 
 Label lists must use the labels below; an unknown name raises an error that names the closest label (a
 `ValueError`; its class is `pipe.LabelError`, since the pipeline's module cannot be imported by name).
-`num_inference_steps` (default 25), `guidance_scale` (default 2.0; 1 turns guidance off), `generator`,
+`num_inference_steps` (default 25), `guidance_scale` (default {{ guidance_scale }}; 1 turns guidance off), `generator`,
 `output_type` ("pil", "np", "pt") and `return_intermediates` (snapshots of the denoising process) are the other
 arguments.
 
@@ -107,6 +110,8 @@ KEY_SETTINGS = (
     ("learning_rate", "learning rate"),
     ("lr_scheduler", "LR schedule"),
     ("label_dropout", "label dropout"),
+    ("prediction_type", "prediction type"),
+    ("snr_gamma", "Min-SNR gamma"),
     ("use_ema", "EMA"),
     ("mixed_precision", "mixed precision"),
     ("seed", "seed"),
@@ -274,6 +279,7 @@ def render_model_card(
         unet_rows=[(key, _cell(unet_config[key])) for key in UNET_KEYS if key in unet_config],
         num_parameters=num_parameters,
         scheduler=scheduler,
+        guidance_scale=DEFAULT_GUIDANCE_SCALE,
         sample_lists=[list(names) for names in sample_lists] if sample_lists else None,
         training_args=[(key, _cell(value)) for key, value in training_args.items()] if training_args else None,
         trained=trained_markdown(trained) if trained else None,

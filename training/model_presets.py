@@ -14,6 +14,9 @@ from typing import Any
 from pipeline.conditional_unet import ConditionalUNet2DModel
 from training.cli import closest
 
+# Every preset scales and shifts its normalised features by the time-plus-label embedding (AdaGN,
+# resnet_time_scale_shift="scale_shift") instead of adding it: the labels steer the model faster
+# (benchmarks/bench_recipe.py, README: Recipe).
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests: the smallest model that still exercises every block type (down/up, attention, mid attention).
     "tiny": {
@@ -23,6 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
         "attention_head_dim": 8,
         "norm_num_groups": 8,
+        "resnet_time_scale_shift": "scale_shift",
     },
     # A model that learns i-CLEVR in minutes on a laptop CPU; attention only at the lowest resolution, where
     # it is cheap (8x8 at 64x64 input, 4x4 at 32x32).
@@ -33,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
         "attention_head_dim": 32,
         "norm_num_groups": 16,
+        "resnet_time_scale_shift": "scale_shift",
     },
     # Near the reference seeds' scale (~65 M parameters); attention at 16x16 and 8x8 for 64x64 input.
     "gpu": {
@@ -42,6 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         "attention_head_dim": 64,
         "norm_num_groups": 32,
+        "resnet_time_scale_shift": "scale_shift",
     },
 }
 

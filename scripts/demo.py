@@ -28,15 +28,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import make_image_grid
 
-from training.inference import DTYPES, PipelineLoadingError, load_pipeline, resolve_device
-from training.samplers import (
-    DEFAULT_GUIDANCE_SCALE,
-    DEFAULT_INFERENCE_STEPS,
-    SAMPLERS,
-    SamplerError,
-    sampler_name,
-    set_sampler,
-)
+from training.inference import DTYPES, PipelineLoadingError, call_defaults, load_pipeline, resolve_device
+from training.samplers import SAMPLERS, SamplerError, sampler_name, set_sampler
 
 MAX_STEPS = 1000  # DDPM's training count
 MAX_IMAGES = 8
@@ -69,6 +62,7 @@ def check_objects(pipe: DiffusionPipeline, labels: list[str]) -> str | None:
 def build_demo(pipe: DiffusionPipeline, title: str) -> gr.Blocks:
     groups = label_groups(pipe.vocabulary.labels)
     saved_sampler = f"saved: {sampler_name(pipe.scheduler)}"
+    defaults = call_defaults(pipe)
     size = pipe.unet.config.sample_size
 
     def pipeline_for(sampler: str) -> tuple[DiffusionPipeline, dict]:
@@ -123,12 +117,13 @@ def build_demo(pipe: DiffusionPipeline, title: str) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column(scale=3):
-                boxes = [gr.CheckboxGroup(choices, label=shape, elem_id=f"pick-{shape}") for shape, choices in groups.items()]
+                boxes = [gr.CheckboxGroup(choices, label=shape, elem_id=f"pick-{shape}")
+                         for shape, choices in groups.items()]  # fmt: skip
                 pick = gr.Markdown(check_objects(pipe, []), elem_id="pick")
                 sampler = gr.Dropdown([saved_sampler, *SAMPLERS], value=saved_sampler, allow_custom_value=True,
                                       label="sampler", info="or type a spec, e.g. ddim,eta=1; DDPM wants ~1000 steps")
-                steps = gr.Slider(1, MAX_STEPS, value=DEFAULT_INFERENCE_STEPS, step=1, label="steps")
-                guidance = gr.Slider(1, 10, value=DEFAULT_GUIDANCE_SCALE, step=0.5, label="guidance scale (1: off)")
+                steps = gr.Slider(1, MAX_STEPS, value=defaults["num_inference_steps"], step=1, label="steps")
+                guidance = gr.Slider(1, 10, value=defaults["guidance_scale"], step=0.5, label="guidance scale (1: off)")
                 seed = gr.Number(0, precision=0, minimum=0, label="seed")
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -150,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pipeline", default=own, required=own is None,
                         help="A training --output_dir, an exported folder or a Hub id (default: the folder this file "
                              "ships in, when it holds a pipeline).")
-    parser.add_argument("--port", type=int, default=None, help="Server port (default: gradio's, 7860 or the next free).")
+    parser.add_argument("--port", type=int, default=None, help="Server port (default: gradio's, 7860 or next free).")
     parser.add_argument("--share", action="store_true", help="Also serve through a temporary public gradio.live link.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision.")

@@ -8,7 +8,7 @@ Image j of every list is drawn from seed --seed + j (one generator per image), s
 again: `01_gray-cube_seed2.png` (list 1) is `--labels "gray cube" --seed 2` with the same settings.
 Writes to --output_dir one PNG per image, grid.png (one row per label list, captioned) and manifest.json (labels,
 seeds, sampler, steps, guidance, model id and revision, seconds per image). --scheduler defaults to the sampler the
-pipeline was saved with.
+pipeline was saved with, --num_inference_steps and --guidance_scale to the pipeline's own call defaults.
 """
 
 import sys
@@ -29,16 +29,15 @@ from training.cli import positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError, load_condition_file
 from training.figures import captioned_grid
-from training.inference import DTYPES, PipelineLoadingError, load_pipeline, pipeline_labels, resolve_device
-from training.samplers import (
-    DEFAULT_GUIDANCE_SCALE,
-    DEFAULT_INFERENCE_STEPS,
-    SAMPLERS,
-    SamplerError,
-    parse_sampler,
-    sampler_name,
-    set_sampler,
+from training.inference import (
+    DTYPES,
+    PipelineLoadingError,
+    call_defaults,
+    load_pipeline,
+    pipeline_labels,
+    resolve_device,
 )
+from training.samplers import SAMPLERS, SamplerError, parse_sampler, sampler_name, set_sampler
 
 MANIFEST = "manifest.json"
 GRID = "grid.png"
@@ -57,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", default=None,
                         help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
                              "ddim,eta=1); default: the one the pipeline was saved with.")
-    parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS)
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
-                        help="Classifier-free guidance weight; 1 turns it off.")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=None,
+                        help="Denoising steps (default: the pipeline's own, 25 for this repo's).")
+    parser.add_argument("--guidance_scale", type=float, default=None,
+                        help="Classifier-free guidance weight; 1 turns it off (default: the pipeline's own).")
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=32, help="At most this many images per call.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
@@ -95,11 +95,13 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     pipeline = load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype], revision=commit)
     if sampler is not None:
         set_sampler(pipeline, sampler)
+    settings = {name: default if getattr(args, name) is None else getattr(args, name)
+                for name, default in call_defaults(pipeline).items()}  # fmt: skip
     per_list = args.num_images_per_prompt
     seeds = [args.seed + j for j in range(per_list)]
     lists_per_call = max(1, args.batch_size // per_list)
     calls = [range(i, min(i + lists_per_call, len(label_lists))) for i in range(0, len(label_lists), lists_per_call)]
-    bar = tqdm(total=len(calls) * args.num_inference_steps, desc="denoising", unit="step")
+    bar = tqdm(total=len(calls) * settings["num_inference_steps"], desc="denoising", unit="step")
 
     def on_step_end(pipe, step, timestep, callback_kwargs):
         bar.update()
@@ -110,8 +112,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     for call in calls:
         tick = time.perf_counter()
         images = pipeline(
-            [label_lists[i] for i in call], num_images_per_prompt=per_list,
-            num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+            [label_lists[i] for i in call], num_images_per_prompt=per_list, **settings,
             generator=[torch.Generator().manual_seed(seed) for _ in call for seed in seeds],
             callback_on_step_end=on_step_end, **(sampler.call_kwargs if sampler else {}),
         ).images  # fmt: skip
@@ -130,8 +131,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         "model": {"id": args.pipeline, "revision": commit},
         "sampler": sampler.spec if sampler is not None else sampler_name(pipeline.scheduler),
         "scheduler_config": dict(pipeline.scheduler.config),
-        "num_inference_steps": args.num_inference_steps,
-        "guidance_scale": args.guidance_scale,
+        **settings,
         "num_images_per_prompt": per_list,
         "seed": args.seed,
         "device": str(device),

@@ -23,6 +23,7 @@ from PIL import Image
 
 from browser import Chromium, find_chromium, generate_in_page
 from conftest import REPO_ROOT, import_script
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.export import export_pipeline
 
 SAVED = "saved: sde-dpmsolver++"  # the sampler menu's first entry: the one the pipeline was saved with
@@ -76,8 +77,8 @@ def client(demo_url) -> Client:
     return Client(demo_url, verbose=False)
 
 
-def _generate(client: Client, cubes=(), spheres=(), cylinders=(), sampler=SAVED, steps=2, guidance=2.0, seed=0,
-              num_images=2) -> tuple:  # fmt: skip
+def _generate(client: Client, cubes=(), spheres=(), cylinders=(), sampler=SAVED, steps=2,
+              guidance=DEFAULT_GUIDANCE_SCALE, seed=0, num_images=2) -> tuple:  # fmt: skip
     return client.predict(list(cubes), list(spheres), list(cylinders), sampler, steps, guidance, seed, num_images,
                           api_name="/generate")  # fmt: skip
 

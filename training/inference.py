@@ -8,8 +8,10 @@ repo's `pipeline` package is not importable; there the folder ships its own pipe
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -57,6 +59,13 @@ def load_pipeline(
         raise _loading_error(name_or_path, folder, error) from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
+
+
+def call_defaults(pipeline: DiffusionPipeline) -> dict[str, Any]:
+    """The pipeline's own `num_inference_steps` and `guidance_scale` defaults, read from its `__call__`: a
+    pipeline shipped with other code (a Hub repo, an export) brings its own."""
+    parameters = inspect.signature(type(pipeline).__call__).parameters
+    return {name: parameters[name].default for name in ("num_inference_steps", "guidance_scale")}
 
 
 def pipeline_labels(name_or_path: str, *, revision: str | None = None) -> tuple[list[str] | None, str | None]:

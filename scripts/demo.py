@@ -34,8 +34,11 @@ from training.samplers import SAMPLERS, SamplerError, sampler_name, set_sampler
 MAX_STEPS = 1000  # DDPM's training count
 MAX_IMAGES = 8
 PROCESS_FRAMES = 8  # columns of the denoising-process strip
-# The model draws 32x32 or 64x64 scenes: the browser enlarges them without smoothing.
-CSS = "#images img, #process img { image-rendering: pixelated; }"
+# The model draws 32x32 or 64x64 scenes: the browser enlarges them without smoothing, the process strip to its box.
+CSS = """
+#images img, #process img { image-rendering: pixelated; }
+#process img { width: 100%; height: 100%; object-fit: contain; }
+"""
 
 
 def label_groups(labels: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -115,11 +118,11 @@ def build_demo(pipe: DiffusionPipeline, title: str) -> gr.Blocks:
             f"{size}x{size} scenes with those objects. The denoising process shows each image (one row each) from "
             "noise on the left to the result on the right."
         )
+        # The vocabulary at a glance: one row per shape, one column per colour.
+        boxes = [gr.CheckboxGroup(choices, label=shape, elem_id=f"pick-{shape}") for shape, choices in groups.items()]
+        pick = gr.Markdown(check_objects(pipe, []), elem_id="pick")
         with gr.Row():
-            with gr.Column(scale=3):
-                boxes = [gr.CheckboxGroup(choices, label=shape, elem_id=f"pick-{shape}")
-                         for shape, choices in groups.items()]  # fmt: skip
-                pick = gr.Markdown(check_objects(pipe, []), elem_id="pick")
+            with gr.Column(scale=2):
                 sampler = gr.Dropdown([saved_sampler, *SAMPLERS], value=saved_sampler, allow_custom_value=True,
                                       label="sampler", info="or type a spec, e.g. ddim,eta=1; DDPM wants ~1000 steps")
                 steps = gr.Slider(1, MAX_STEPS, value=defaults["num_inference_steps"], step=1, label="steps")
@@ -127,11 +130,11 @@ def build_demo(pipe: DiffusionPipeline, title: str) -> gr.Blocks:
                 seed = gr.Number(0, precision=0, minimum=0, label="seed")
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Column(scale=4):
+            with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="status")
                 # PNG, not gradio's default WebP: the images are exactly what generate.py writes.
-                gallery = gr.Gallery(label="images", columns=4, format="png", elem_id="images")
-                process = gr.Image(label="denoising process", type="pil", format="png", elem_id="process")
+                gallery = gr.Gallery(label="images", columns=4, height=340, format="png", elem_id="images")
+                process = gr.Image(label="denoising process", type="pil", format="png", height=320, elem_id="process")
         for box in boxes:
             box.change(show_pick, boxes, pick, api_visibility="private")
         button.click(generate, [*boxes, sampler, steps, guidance, seed, num_images], [status, gallery, process],

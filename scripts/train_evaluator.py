@@ -32,11 +32,20 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from pipeline.vocabulary import COLOURS, SHAPES, LabelVocabulary
-from training.cli import fraction, positive_int
-from training.data import DataError, builtin_synthetic_dir, load_training_set
+from training.cli import (
+    ArgumentParser,
+    FlagError,
+    check_writable,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from training.data import builtin_synthetic_dir, load_training_set
+from training.errors import one_line_errors
 from training.evaluator import (
     EVALUATOR_RESOLUTION,
-    EvaluatorError,
     build_evaluator,
     evaluation_metrics,
     save_evaluator,
@@ -52,7 +61,7 @@ PIXEL_NOISE = 0.02
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_path", type=Path, required=True, help="Where to write the checkpoint (.pth).")
 
     data = parser.add_argument_group("data (default: synthetic i-CLEVR renders that the diffusion model never sees)")
@@ -80,13 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("training")
     optim.add_argument("--epochs", type=positive_int, default=15)
     optim.add_argument("--batch_size", type=positive_int, default=128)
-    optim.add_argument("--learning_rate", type=float, default=2e-3, help="Peak AdamW learning rate (cosine decay).")
-    optim.add_argument("--weight_decay", type=float, default=0.05)
-    optim.add_argument("--warmup_steps", type=int, default=200)
+    optim.add_argument("--learning_rate", type=positive_float, default=2e-3,
+                       help="Peak AdamW learning rate (cosine decay).")
+    optim.add_argument("--weight_decay", type=non_negative_float, default=0.05)
+    optim.add_argument("--warmup_steps", type=non_negative_int, default=200)
     optim.add_argument("--mixed_precision", choices=("no", "bf16"), default="no",
                        help="bf16 autocast (works on CPU too); the checkpoint is always saved in float32.")
     optim.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation.")
-    optim.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")
+    optim.add_argument("--num_workers", type=non_negative_int, default=0, help="DataLoader worker processes.")
     optim.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 
@@ -202,12 +212,27 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device, pr
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    with one_line_errors():
+        return train_evaluator(build_parser().parse_args(argv))
+
+
+def check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FlagError(f"--device {name!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FlagError("--device cuda was given but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def train_evaluator(args: argparse.Namespace) -> dict:
     if args.train_data_dir is not None and args.dataset_name is not None:
         raise SystemExit("error: give --train_data_dir or --dataset_name, not both")
     if args.output_path.is_dir():
         raise SystemExit(f"error: --output_path {args.output_path} is a folder; give a file path like checkpoint.pth")
-    device = torch.device(args.device)
+    check_writable(args.output_path.parent, "--output_path")  # before training, not after
+    device = check_device(args.device)
     torch.manual_seed(args.seed)
 
     train, validation, vocabulary, source = load_data(args)
@@ -271,7 +296,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, EvaluatorError) as error:
-        raise SystemExit(f"error: {error}") from None
+    main()

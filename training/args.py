@@ -7,7 +7,14 @@ from typing import Sequence
 
 from diffusers.optimization import SchedulerType
 
-from training.cli import ArgumentParser, positive_int, probability
+from training.cli import (
+    ArgumentParser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from training.hub import HubError, check_repo_id
 from training.tracking import uses_wandb
 
@@ -30,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--resolution", type=int, default=64, help="Training image size (square; 64 or 32).")
     data.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
     data.add_argument("--train_batch_size", type=positive_int, default=32, help="Batch size per device.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 
     model = parser.add_argument_group("model and diffusion")
     model.add_argument("--model_config_name_or_path", type=str, default="cpu",
@@ -45,22 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Total optimiser steps; overrides --num_train_epochs.")
     optim.add_argument("--num_train_epochs", type=positive_int, default=100)
     optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--learning_rate", type=float, default=2e-4)
+    optim.add_argument("--learning_rate", type=positive_float, default=2e-4)
     optim.add_argument("--lr_scheduler", choices=[t.value for t in SchedulerType], default="cosine")
-    optim.add_argument("--lr_warmup_steps", type=int, default=500)
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.999)
-    optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
+    optim.add_argument("--adam_beta1", type=probability, default=0.9)
+    optim.add_argument("--adam_beta2", type=probability, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-2)
+    optim.add_argument("--adam_epsilon", type=non_negative_float, default=1e-8)
+    optim.add_argument("--max_grad_norm", type=positive_float, default=1.0)
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                        help="Defaults to the Accelerate config's value. bf16 on Ampere+ GPUs and on CPU; fp16 on "
                             "older GPUs (with loss scaling; overflowing steps are skipped).")
     optim.add_argument("--use_ema", action="store_true",
                        help="Keep an EMA of the weights; it is used for validation and the saved pipeline.")
-    optim.add_argument("--ema_max_decay", type=float, default=0.9999)
-    optim.add_argument("--ema_inv_gamma", type=float, default=1.0)
-    optim.add_argument("--ema_power", type=float, default=3 / 4)
+    optim.add_argument("--ema_max_decay", type=probability, default=0.9999)
+    optim.add_argument("--ema_inv_gamma", type=positive_float, default=1.0)
+    optim.add_argument("--ema_power", type=positive_float, default=3 / 4)
 
     speed = parser.add_argument_group("speed (TF32 and fused AdamW are on by themselves on CUDA)")
     speed.add_argument("--channels_last", action="store_true",
@@ -73,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("checkpoints, validation, logging")
     run.add_argument("--output_dir", type=str, default="iclevr-ddpm",
                      help="Where the pipeline, checkpoints (checkpoint-STEP), grids and logs are written.")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=non_negative_int, default=0)
     run.add_argument("--checkpointing_steps", type=positive_int, default=500)
     run.add_argument("--checkpoints_total_limit", type=positive_int, default=None,
                      help="Keep at most this many checkpoints; the oldest are deleted.")

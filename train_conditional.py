@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from accelerate import Accelerator
@@ -30,23 +31,27 @@ from tqdm.auto import tqdm
 
 from pipeline import ConditionalUNet2DModel
 from training.args import parse_args
-from training.checkpointing import checkpoint_step, resolve_resume_checkpoint, save_checkpoint
+from training.checkpointing import checkpoint_signature, checkpoint_step, load_checkpoint, save_checkpoint
 from training.data import load_training_set
-from training.distributed import LaunchError, check_one_distributed_run, parameter_checksum
+from training.distributed import check_one_distributed_run, parameter_checksum
+from training.ema_state import register_ema_checkpointing
+from training.errors import one_line_errors
 from training.evaluation import denoising_figure, image_grid, load_training_evaluation
 from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss
 from training.precision import apply_memory_format, cpu_thread_warning, create_optimizer, enable_tf32
+from training.preflight import check_before_training
 from training.sampling import build_pipeline
-from training.stability import NonFiniteGuard, TrainingDivergedError
+from training.stability import NonFiniteGuard
 from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
 from training.validation import Validation
 
 logger = get_logger(__name__)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace, checkpoint: Path | None = None) -> None:
+    """Trains; `checkpoint` is the one to resume from, as `check_before_training` chose and verified it."""
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -86,6 +91,7 @@ def main(args: argparse.Namespace) -> None:
     # --- model, noise schedule, EMA, optimiser
     model = create_model(args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary))
     model = apply_memory_format(model, args.channels_last)
+    signature = checkpoint_signature(args, model)  # recorded in every checkpoint; a resume must match it
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
     ema = None
     if args.use_ema:
@@ -115,20 +121,16 @@ def main(args: argparse.Namespace) -> None:
     lr_scheduler = accelerator.prepare(lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+        register_ema_checkpointing(accelerator, ema)  # unet_ema/ in safetensors, never a pickle
 
     # --- resume: weights, optimiser, LR schedule, EMA, RNG; then skip the batches this epoch already used
-    global_step, first_epoch, skip_batches, checkpoint = 0, 0, 0, None
-    if args.resume_from_checkpoint:
-        checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-        if checkpoint is None:
-            accelerator.print(f"No checkpoint in {output_dir} to resume from; starting a new run.")
-        else:
-            accelerator.print(f"Resuming from {checkpoint}")
-            accelerator.load_state(str(checkpoint))
-            global_step = checkpoint_step(checkpoint)
-            first_epoch, updates_done = divmod(global_step, updates_per_epoch)
-            skip_batches = updates_done * args.gradient_accumulation_steps
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        load_checkpoint(accelerator, checkpoint)
+        global_step = checkpoint_step(checkpoint)
+        first_epoch, updates_done = divmod(global_step, updates_per_epoch)
+        skip_batches = updates_done * args.gradient_accumulation_steps
 
     images_per_update = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     # How this launch trains, as resolved from the flags and the launch: in output_dir/run_info.json, and over
@@ -222,8 +224,9 @@ def main(args: argparse.Namespace) -> None:
             progress.update(1)
             progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}")
 
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            # Not while steps are skipped: the weights may have blown up, and the checkpoint would become "latest".
+            if global_step % args.checkpointing_steps == 0 and not step_skipped:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
             if global_step % args.validation_steps == 0:
                 validation(model, ema, global_step)
             if global_step >= max_train_steps:
@@ -267,8 +270,12 @@ def main(args: argparse.Namespace) -> None:
     accelerator.end_training()
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    """The command line: every mistake ends in one `error: ...` line and exit status 1, checked early if it can be."""
+    with one_line_errors():
+        args = parse_args(argv)
+        main(args, check_before_training(args))
+
+
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (LaunchError, TrainingDivergedError) as error:
-        raise SystemExit(f"error: {error}") from None
+    run()

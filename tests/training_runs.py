@@ -1,12 +1,16 @@
-"""Running `accelerate launch train_conditional.py` from tests, and reading back what it logged to TensorBoard."""
+"""Running `train_conditional.py` from tests (`accelerate launch`, or in this process for short runs), and reading back
+what it logged to TensorBoard."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -45,6 +49,27 @@ def launch_training(
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@cache
+def train_conditional() -> ModuleType:
+    """train_conditional.py as a module (its `run(argv)` is the command line)."""
+    spec = importlib.util.spec_from_file_location("train_conditional", REPO_ROOT / "train_conditional.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_in_process(*args: str) -> None:
+    """`train_conditional.py ARGS` in this process, for tiny runs whose launch would cost more than the run: the
+    same code path as a single-process launch, without the launcher. Accelerate's process-wide state is reset after.
+    """
+    from accelerate.state import AcceleratorState
+
+    try:
+        train_conditional().run(list(args))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def logged_scalars(output_dir: Path, tag: str) -> dict[int, float]:

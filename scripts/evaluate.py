@@ -19,9 +19,7 @@ import json
 
 import torch
 
-from pipeline import LabelError
-from training.cli import positive_int
-from training.data import DataError
+from training.cli import ArgumentParser, check_writable, positive_int
 from training.evaluation import (
     SCHEDULERS,
     EvaluationError,
@@ -31,11 +29,12 @@ from training.evaluation import (
     format_table,
     image_grid,
     load_condition_sets,
-    load_pipeline,
     resolve_condition_files,
     set_scheduler,
 )
-from training.evaluator import EvaluatorError, load_evaluator
+from training.errors import one_line_errors
+from training.evaluator import load_evaluator
+from training.pipeline_loading import load_pipeline
 from training.sampling import validation_label_lists
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,7 +42,7 @@ DENOISING_FRAMES = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="A saved pipeline folder (training --output_dir) or Hub id.")
     parser.add_argument("--conditions", action="extend", nargs="+", required=True, metavar="FILE",
                         help="test.json-style condition files (a JSON list of label lists); repeat for several.")
@@ -67,7 +66,10 @@ def resolve_device(name: str | None) -> torch.device:
         raise EvaluationError(f"--device {name!r} is not supported; use cpu or cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise EvaluationError("--device cuda was given but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise EvaluationError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -75,6 +77,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     check_scheduler_name(args.scheduler)
     condition_files = resolve_condition_files(args.conditions)
     device = resolve_device(args.device)
+    check_writable(args.output_dir, "--output_dir")
     evaluator = load_evaluator(args.evaluator_checkpoint, device)
 
     pipeline = set_scheduler(load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype]), args.scheduler)
@@ -112,11 +115,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
+    with one_line_errors():
+        args = build_parser().parse_args(argv)
         report = evaluate(args)
-    except (EvaluationError, DataError, LabelError, EvaluatorError) as error:
-        sys.exit(f"error: {error}")
     print(format_table(report))
     print(f"report, grids and denoising_process.png written to {args.output_dir}")
 

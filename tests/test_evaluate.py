@@ -21,10 +21,10 @@ from training.evaluation import (
     evaluate_pipeline,
     evaluation_items,
     generate_and_score,
-    load_pipeline,
     set_scheduler,
 )
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
+from training.pipeline_loading import load_pipeline
 from training.model_presets import create_model
 from training.sampling import build_pipeline
 from training_runs import launch_training

@@ -124,7 +124,7 @@ def trial(output_dir: Path, limit: int, kill_at: int | None = None, kill_after: 
     records = []
     with os.fdopen(read_fd) as pipe:
         for line in pipe:
-            records.append(json.loads(line))
+            records.append({**json.loads(line), "at": time.monotonic()})
             if kill_after is not None and "resumed" in records[-1]:
                 time.sleep(kill_after)
                 os.kill(pid, signal.SIGKILL)
@@ -156,9 +156,10 @@ def main() -> None:
         trials += [trial(args.output_dir, args.limit, file_size_limit=64 * 1024), trial(args.output_dir, args.limit)]
     else:
         trials.append(trial(args.output_dir, args.limit))
-        events = trials[-1][-2]["events"]  # how many audited file operations one save makes
+        resumed, saved = trials[-1][0], trials[-1][1]
+        events = saved["events"]  # how many audited file operations one save makes
         trials += [trial(args.output_dir, args.limit, kill_at=k) for k in range(events)]
-        save_seconds = 0.5  # the training step and the save take 0.1-0.3 s
+        save_seconds = saved["at"] - resumed["at"]  # the training step and the save
         rng = random.Random(0)
         trials += [trial(args.output_dir, args.limit, kill_after=rng.uniform(0, save_seconds))
                    for _ in range(args.seconds_kills)]  # fmt: skip

@@ -138,3 +138,10 @@ def test_under_fp16_the_guard_leaves_the_step_to_the_grad_scaler_and_counts_its_
     assert guard.record(1, 0.5, inf) is True
     with pytest.raises(TrainingDivergedError):
         guard.record(2, 0.5, inf)
+
+
+def test_no_checkpoint_is_written_while_steps_are_skipped(diverging_run):
+    output_dir, result = diverging_run
+
+    assert "step 5: non-finite loss or gradient" in result.stderr  # a checkpointing step, skipped
+    assert not list(output_dir.glob("checkpoint-*"))  # so no blown-up weights became "latest"

@@ -85,7 +85,7 @@ def verify_checkpoint(
         if not required.is_file():
             raise CheckpointError(f"{folder} is incomplete: it has no {required.name} (a launch with fewer processes "
                                   "writes fewer random_states files; resume with as many processes as wrote it)")
-    states = {path.name: _load_weights_only(path) for path in sorted(folder.iterdir())
+    states = {path.name: load_weights_only(path) for path in sorted(folder.iterdir())
               if path.suffix in PICKLED_SUFFIXES}  # fmt: skip
     _check_optimizer(states[OPTIMIZER_STATE], shapes, folder / OPTIMIZER_STATE)
     if not isinstance(states[SCHEDULER_STATE], dict) or "last_epoch" not in states[SCHEDULER_STATE]:
@@ -118,8 +118,9 @@ def _check_model_weights(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> N
         )
 
 
-def _load_weights_only(path: Path) -> Any:
-    """Accelerate's own loader (torch.load with weights_only=True and the numpy types of its RNG states)."""
+def load_weights_only(path: Path) -> Any:
+    """A torch file read by Accelerate's own loader (torch.load with weights_only=True, plus the numpy types of its
+    RNG states); `CheckpointError` naming the file when it cannot be read that way."""
     try:
         return accelerate_load(path, map_location="cpu")
     except Exception as error:  # noqa: BLE001 - whatever the unpickler raises, the file cannot be used

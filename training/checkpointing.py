@@ -32,6 +32,7 @@ from training.checkpoint_files import (
     CHECKPOINT_INFO,
     CheckpointError,
     ForeignCheckpointError,
+    load_weights_only,
     read_checkpoint_info,
     verify_checkpoint,
 )
@@ -100,8 +101,6 @@ def save_checkpoint(
         if accelerator.is_main_process:
             _write_json_atomically(partial / CHECKPOINT_INFO, {"step": step, **signature})
             _swap_in(partial, final)
-            if total_limit is not None:
-                _rotate(output_dir, total_limit, step)
     except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as a RuntimeError
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
@@ -111,6 +110,8 @@ def save_checkpoint(
             f"saving {final} failed ({reason}); nothing of it was kept and the earlier checkpoints "
             f"are intact ({kept}): free disk space or fix the folder, then resume with --resume_from_checkpoint latest"
         ) from None
+    if accelerator.is_main_process and total_limit is not None:
+        _rotate(output_dir, total_limit, step)
     accelerator.wait_for_everyone()
     return final
 
@@ -138,26 +139,31 @@ def resolve_resume_checkpoint(
         verify_checkpoint(path, signature, shapes, process_index)
         return path
     candidates = list_checkpoints(output_dir)[::-1]
-    reasons = []
+    skipped = []
     for path in candidates:
         try:
             verify_checkpoint(path, signature, shapes, process_index)
-            return path
         except ForeignCheckpointError:
             raise
         except CheckpointError as error:
-            reasons.append(str(error))
-            warn(f"warning: skipping {path.name}, it cannot be resumed from: {error}")
+            skipped.append((path, error))
+            continue
+        for newer, error in skipped:
+            warn(f"warning: skipping {newer.name}, it cannot be resumed from: {error}")
+        return path
     if candidates:
-        raise CheckpointError(f"no checkpoint in {output_dir} can be resumed from: {' | '.join(reasons)}")
+        reasons = " | ".join(str(error) for _, error in skipped)
+        raise CheckpointError(f"no checkpoint in {output_dir} can be resumed from: {reasons}")
     return None
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
     """Loads a checkpoint that `resolve_resume_checkpoint` chose: model, optimiser, LR schedule, RNG, EMA."""
+    # Accelerate skips a random-state file it cannot read with a log line; here that is an error.
+    load_weights_only(checkpoint / f"random_states_{accelerator.process_index}.pkl")
     try:
         accelerator.load_state(str(checkpoint))
-    except (CheckpointError, OSError, RuntimeError, ValueError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - whatever a reader raises, this checkpoint cannot be resumed
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"{checkpoint} could not be loaded: {first_line}") from None
 

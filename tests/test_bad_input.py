@@ -26,13 +26,12 @@ import datasets
 import huggingface_hub.constants
 import pytest
 from accelerate.state import AcceleratorState
-from PIL import Image
 
 from conftest import REPO_ROOT, import_script
 from payloads import plant
 from training.evaluator import build_evaluator, save_evaluator
 from training.export import export_pipeline
-from training_runs import LAUNCH_TIMEOUT, run_launch, train_conditional, train_in_process
+from training_runs import run_launch, train_conditional, train_in_process
 
 UNWRITABLE = "/sys/kernel/iclevr-test"  # sysfs takes no new files, not even from root
 SCRIPTS = ("evaluate", "push_to_hub", "push_dataset_to_hub", "make_synthetic_iclevr", "train_evaluator")
@@ -295,7 +294,8 @@ CASES = [
     # -- train_conditional.py: the data folder and train.json
     case("train: --train_data_dir does not exist", T, lambda e: {"--train_data_dir": str(e.tmp / "nope")},
          "is not a folder"),
-    case("train: --train_data_dir is a file", T, lambda e: {"--train_data_dir": e.file("data", "x")}, "is not a folder"),
+    case("train: --train_data_dir is a file", T, lambda e: {"--train_data_dir": e.file("data", "x")},
+         "is not a folder"),
     case("train: no train.json", T, lambda e: {"--train_data_dir": e.data({"train.json": None})}, "has no train.json"),
     case("train: train.json is not JSON", T, lambda e: {"--train_data_dir": e.train_json("{not json")},
          "is not valid JSON"),
@@ -487,8 +487,8 @@ CASES = [
          "no pipeline there"),
     case("evaluate: model_index.json is not JSON", E, lambda e: {"--pipeline": e.run({"model_index.json": "{"})},
          "is not valid JSON"),
-    case("evaluate: a pipeline of another class", E, lambda e: {"--pipeline": _index(e, {"_class_name": "DDPMPipeline"})},
-         "does not describe an ICLEVRPipeline"),
+    case("evaluate: a pipeline of another class", E, lambda e: {
+        "--pipeline": _index(e, {"_class_name": "DDPMPipeline"})}, "does not describe an ICLEVRPipeline"),
     case("evaluate: a scheduler that is not one", E, lambda e: {"--pipeline": _index(
         e, {"scheduler": ["diffusers", "UNet2DModel"]})}, "is not a diffusers scheduler"),
     case("evaluate: pickled unet weights (a payload)", E, lambda e: {"--pipeline": _pickled_unet(e)},

@@ -53,7 +53,9 @@ def read_checkpoint_info(folder: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{folder} is incomplete: it has no {CHECKPOINT_INFO}, which a save writes last") from None
+        raise CheckpointError(
+            f"{folder} is incomplete: it has no {CHECKPOINT_INFO}, which a save writes last"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(info, dict) or not isinstance(info.get("step"), int):

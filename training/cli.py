@@ -34,7 +34,9 @@ def check_writable(path: str | Path, flag: str) -> Path:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise FlagError(f"{flag} {path}: cannot write in {existing} ({error.strerror}); choose a folder you can write to")
+        raise FlagError(
+            f"{flag} {path}: cannot write in {existing} ({error.strerror}); choose a folder you can write to"
+        ) from None
     return existing
 
 

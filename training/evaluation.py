@@ -26,7 +26,7 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pipeline import ICLEVRPipeline, LabelVocabulary
+from pipeline import LabelVocabulary
 from training.cli import closest
 from training.data import builtin_synthetic_dir, load_condition_file
 from training.errors import UserError

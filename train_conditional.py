@@ -50,8 +50,7 @@ from training.validation import Validation
 logger = get_logger(__name__)
 
 
-def main(args: argparse.Namespace, checkpoint: Path | None = None) -> None:
-    """Trains; `checkpoint` is the one to resume from, as `check_before_training` chose and verified it."""
+def main(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -63,6 +62,8 @@ def main(args: argparse.Namespace, checkpoint: Path | None = None) -> None:
         # Accelerate compiles the model last in prepare(), around the DDP wrapper; None keeps the launch config's.
         dynamo_backend="inductor" if args.torch_compile else None,
     )
+    # Everything the flags alone reveal fails here, in one line, before any heavy work; and the checkpoint to resume.
+    checkpoint = check_before_training(args, accelerator)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     check_one_distributed_run(accelerator)
@@ -273,8 +274,7 @@ def main(args: argparse.Namespace, checkpoint: Path | None = None) -> None:
 def run(argv: Sequence[str] | None = None) -> None:
     """The command line: every mistake ends in one `error: ...` line and exit status 1, checked early if it can be."""
     with one_line_errors():
-        args = parse_args(argv)
-        main(args, check_before_training(args))
+        main(parse_args(argv))
 
 
 if __name__ == "__main__":

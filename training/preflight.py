@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator
 
 from training.cli import FlagError, check_writable
 from training.checkpointing import checkpoint_signature, resolve_resume_checkpoint, tidy_checkpoints
@@ -27,10 +27,9 @@ MAX_RESOLUTION = 320  # the i-CLEVR images are 320x240: a larger side only upsam
 BYTES_PER_PARAMETER = 4
 
 
-def check_before_training(args: argparse.Namespace) -> Path | None:
-    """Runs every early check (on every process); returns the checkpoint to resume from, already verified."""
-    state = PartialState()
-    warn = _printer(state.is_main_process)
+def check_before_training(args: argparse.Namespace, accelerator: Accelerator) -> Path | None:
+    """Runs every early check (call on every process); returns the checkpoint to resume from, already verified."""
+    warn = _printer(accelerator.is_main_process)
     check_resolution(args.resolution, warn)
     vocabulary = vocabulary_for(args.train_data_dir)  # objects.json, if the folder has one
     with torch.device("meta"):  # the architecture and its size, without allocating the weights
@@ -48,12 +47,12 @@ def check_before_training(args: argparse.Namespace) -> Path | None:
     if not args.resume_from_checkpoint:
         return None
     output_dir = Path(args.output_dir)
-    if state.is_main_process:
+    if accelerator.is_main_process:
         tidy_checkpoints(output_dir)
-    state.wait_for_everyone()
+    accelerator.wait_for_everyone()
     checkpoint = resolve_resume_checkpoint(
         args.resume_from_checkpoint, output_dir, checkpoint_signature(args, model), parameter_shapes(model),
-        process_index=state.process_index, warn=warn,
+        process_index=accelerator.process_index, warn=warn,
     )  # fmt: skip
     if checkpoint is None:
         warn(f"No checkpoint in {output_dir} to resume from; starting a new run.")

@@ -33,17 +33,19 @@ from pipeline import ConditionalUNet2DModel
 from training.args import parse_args
 from training.checkpointing import checkpoint_signature, checkpoint_step, load_checkpoint, save_checkpoint
 from training.data import load_training_set
+from training.cpu_threads import CpuThreads
 from training.distributed import check_one_distributed_run, parameter_checksum
 from training.ema_state import register_ema_checkpointing
 from training.errors import one_line_errors
-from training.evaluation import denoising_figure, image_grid, load_training_evaluation
+from training.figures import denoising_figure, image_grid
 from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
-from training.objective import batch_generator, diffusion_loss
-from training.precision import apply_memory_format, cpu_thread_warning, create_optimizer, enable_tf32
+from training.objective import batch_generator, diffusion_loss, timestep_weights
+from training.precision import apply_memory_format, create_optimizer, enable_tf32
 from training.preflight import check_before_training
 from training.sampling import build_pipeline
 from training.stability import NonFiniteGuard
+from training.training_evaluation import load_training_evaluation
 from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
 from training.validation import Validation
 
@@ -62,15 +64,15 @@ def main(args: argparse.Namespace) -> None:
         # Accelerate compiles the model last in prepare(), around the DDP wrapper; None keeps the launch config's.
         dynamo_backend="inductor" if args.torch_compile else None,
     )
+    check_one_distributed_run(accelerator)
     # Everything the flags alone reveal fails here, in one line, before any heavy work; and the checkpoint to resume.
     checkpoint = check_before_training(args, accelerator)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
-    check_one_distributed_run(accelerator)
     set_seed(args.seed)
     tf32 = enable_tf32(accelerator.device)
-    if warning := cpu_thread_warning(accelerator.device):
-        logger.warning(warning)
+    # On CPU: all cores while the machine is otherwise idle, fewer while other processes are busy.
+    cpu_threads = CpuThreads(args.cpu_threads, device=accelerator.device)
 
     # --- data: the main process renders / preprocesses into the cache first, the others then read it
     with accelerator.main_process_first():
@@ -93,7 +95,14 @@ def main(args: argparse.Namespace) -> None:
     model = create_model(args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary))
     model = apply_memory_format(model, args.channels_last)
     signature = checkpoint_signature(args, model)  # recorded in every checkpoint; a resume must match it
-    noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule)
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
+        prediction_type=args.prediction_type,
+    )
+    timestep_probabilities = timestep_weights(
+        args.num_train_timesteps, args.timestep_bias_strategy, multiplier=args.timestep_bias_multiplier,
+        portion=args.timestep_bias_portion, begin=args.timestep_bias_begin, end=args.timestep_bias_end,
+    )
     ema = None
     if args.use_ema:
         ema = EMAModel(
@@ -142,7 +151,7 @@ def main(args: argparse.Namespace) -> None:
         "device": accelerator.device.type,
         "mixed_precision": accelerator.mixed_precision,
         "tf32": tf32,
-        "cpu_threads": torch.get_num_threads(),
+        **cpu_threads.describe(),
         "fused_adamw": bool(optimizer.defaults["fused"]),
         "dynamo_backend": accelerator.state.dynamo_plugin.backend.value,
         "images_per_update": images_per_update,
@@ -173,6 +182,7 @@ def main(args: argparse.Namespace) -> None:
         total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_local_main_process
     )
     step_loss = torch.zeros((), device=accelerator.device)
+    train_seconds = 0.0  # of this launch, without validation and checkpoint saving
     tick = time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:  # resumed from the last checkpoint
@@ -192,6 +202,8 @@ def main(args: argparse.Namespace) -> None:
                     batch["class_labels"],
                     label_dropout=args.label_dropout,
                     generator=generator,
+                    snr_gamma=args.snr_gamma,
+                    timestep_probabilities=timestep_probabilities,
                 )
                 step_loss += loss.detach() / args.gradient_accumulation_steps
                 accelerator.backward(loss)
@@ -207,19 +219,22 @@ def main(args: argparse.Namespace) -> None:
 
             # --- one optimiser step is done (or skipped: it warns, and aborts after too many in a row)
             global_step += 1
+            threads = cpu_threads.update()
             mean_loss = accelerator.reduce(step_loss, "mean").item()
             step_skipped = guard.record(global_step, mean_loss, grad_norm)
             if ema is not None and not step_skipped:
                 ema.step(model.parameters())
-            now = time.perf_counter()
+            step_seconds = time.perf_counter() - tick
+            train_seconds += step_seconds
             logs = {
                 "loss": mean_loss,
                 "lr": lr_scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm),
-                "images_per_second": images_per_update / (now - tick),
+                "images_per_second": images_per_update / step_seconds,
+                "train_minutes": train_seconds / 60,
                 "epoch": epoch,
+                "cpu_threads": threads,
             }
-            tick = now
             step_loss.zero_()
             accelerator.log(logs, step=global_step)
             progress.update(1)
@@ -228,8 +243,9 @@ def main(args: argparse.Namespace) -> None:
             # Not while steps are skipped: the weights may have blown up, and the checkpoint would become "latest".
             if global_step % args.checkpointing_steps == 0 and not step_skipped:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
-            if global_step % args.validation_steps == 0:
-                validation(model, ema, global_step)
+            if global_step % args.validation_steps == 0 or global_step == max_train_steps:
+                validation(model, ema, global_step)  # and at the end: the final weights are scored too
+            tick = time.perf_counter()  # saving and validation are not training time
             if global_step >= max_train_steps:
                 break
     progress.close()

@@ -38,7 +38,7 @@ import torch
 from training.cli import positive_int
 from training.checkpointing import list_checkpoints
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
-from training.evaluation import EvaluationError, check_scheduler_name
+from training.samplers import SamplerError, parse_sampler
 from training.model_presets import PRESETS, load_model_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,12 +60,12 @@ class StageError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ flags
 
 
-def _sampler(text: str) -> tuple[str, int]:
-    """"ddim:50" -> ("ddim", 50)."""
-    name, _, steps = text.partition(":")
+def sampler_and_steps(text: str) -> tuple[str, int]:
+    """The SAMPLER:STEPS flag type: "ddim:50" -> ("ddim", 50); "ddim,eta=1:50" -> ("ddim,eta=1", 50)."""
+    name, _, steps = text.rpartition(":")
     try:
-        check_scheduler_name(name)
-    except EvaluationError as error:
+        name = parse_sampler(name).spec
+    except SamplerError as error:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
     if not steps.isdigit() or int(steps) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected SAMPLER:STEPS with STEPS >= 1, like ddim:50")
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="A stopped training run resumes from its last checkpoint, so this bounds the work lost.")
 
     sampling = parser.add_argument_group("evaluation (scripts/evaluate.py)")
-    sampling.add_argument("--samplers", type=_sampler, nargs="+", default=[_sampler(s) for s in DEFAULT_SAMPLERS],
+    sampling.add_argument("--samplers", type=sampler_and_steps, nargs="+",
+                          default=[sampler_and_steps(s) for s in DEFAULT_SAMPLERS],
                           metavar="SAMPLER:STEPS", help=f"Default: {' '.join(DEFAULT_SAMPLERS)}.")
     sampling.add_argument("--guidance_scale", type=float, default=2.0,
                           help="Each sampler runs without guidance (1.0) and with this scale.")
@@ -294,7 +295,7 @@ def model_stage(bench: Bench, train_data_dir: Path) -> Path:
             flags += ["--resume_from_checkpoint", "latest"]
             bench.say("model", f"resuming from {checkpoints[-1].name}")
         # accelerate launch would otherwise set OMP_NUM_THREADS=1 and leave the other cores idle on a CPU.
-        launcher = ["--num_processes", "1", "--num_cpu_threads_per_process", str(torch.get_num_threads())]
+        launcher = ["--num_processes", "1"]
         launch = ["-m", "accelerate.commands.launch", *launcher, "train_conditional.py", *flags]
         display = ["accelerate", "launch", *launcher, "train_conditional.py", *flags]
         tick = time.perf_counter()

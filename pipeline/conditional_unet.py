@@ -5,10 +5,18 @@ time-embedding width and `class_embed_type="identity"` adds it to the timestep e
 sees "which objects" the same way it sees "which noise level". An all-zero vector is the unconditional input
 used for classifier-free guidance (the projection's bias is then the learned "no labels" embedding).
 
-This file ships to the Hub on its own as remote code, so it imports nothing but torch and diffusers.
+This file ships to the Hub on its own as remote code, so it imports nothing but torch and diffusers. A saved model
+folder holds a copy of it, and its config.json names the class in `auto_map`, so that
+`diffusers.AutoModel.from_pretrained(folder, trust_remote_code=True)` loads the folder anywhere.
 """
 
 from __future__ import annotations
+
+import inspect
+import os
+import shutil
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,5 +88,38 @@ class ConditionalUNet2DModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"class_labels must have shape (batch, {num_labels}) (multi-hot), got {tuple(class_labels.shape)}"
             )
-        label_embedding = self.label_projection(class_labels.to(dtype=self.label_projection.weight.dtype))
+        # The sample's dtype is the compute dtype, as in UNet2DModel: under layer-wise casting the projection's
+        # weight is stored in another dtype (float8, float16) and cast to the compute dtype only for the forward.
+        label_embedding = self.label_projection(class_labels.to(dtype=sample.dtype))
         return self.unet(sample, timestep, class_labels=label_embedding, return_dict=return_dict)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
+        """ModelMixin.save_pretrained, plus this file beside the weights for AutoModel's remote-code loading."""
+        if is_main_process:
+            # Copied first, so that `push_to_hub=True` uploads it with the weights.
+            os.makedirs(save_directory, exist_ok=True)
+            module_file = inspect.getfile(type(self))
+            shutil.copyfile(module_file, os.path.join(save_directory, os.path.basename(module_file)))
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+
+    # DiffusionPipeline.save_pretrained passes `variant`, `safe_serialization`... only to a save method whose
+    # signature names them.
+    save_pretrained.__signature__ = inspect.signature(ModelMixin.save_pretrained)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> tuple:
+        # `auto_map` is for AutoModel, not an __init__ argument: without this, every load warns that it is unexpected.
+        # Saving writes it again (register_for_auto_class below).
+        config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
+        return super().extract_init_dict(config_dict, **kwargs)
+
+
+# config.json gets "auto_map": {"AutoModel": "conditional_unet.ConditionalUNet2DModel"}.
+ConditionalUNet2DModel.register_for_auto_class("AutoModel")
+
+# As remote code, diffusers executes this file again in the same module for every model it loads from it
+# (dynamic_modules_utils.get_class_in_module), which would make each loaded unet an instance of a new class object,
+# and the pipeline's `unet: ConditionalUNet2DModel` type check (from_pretrained's warning, from_pipe) would fail.
+# Every execution of the same source keeps the class of its first execution.
+_CLASS_BY_SOURCE = globals().get("_CLASS_BY_SOURCE", {})
+ConditionalUNet2DModel = _CLASS_BY_SOURCE.setdefault(Path(__file__).read_bytes(), ConditionalUNet2DModel)

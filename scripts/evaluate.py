@@ -19,22 +19,20 @@ import json
 
 import torch
 
-from training.cli import ArgumentParser, check_writable, positive_int
+from training.cli import ArgumentParser, check_writable, non_negative_int, positive_int
+from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.evaluation import (
-    SCHEDULERS,
     EvaluationError,
-    check_scheduler_name,
-    denoising_figure,
     evaluate_pipeline,
     format_table,
-    image_grid,
     load_condition_sets,
     resolve_condition_files,
-    set_scheduler,
 )
 from training.errors import one_line_errors
 from training.evaluator import load_evaluator
+from training.figures import denoising_figure, image_grid
 from training.pipeline_loading import load_pipeline
+from training.samplers import SAMPLERS, parse_sampler, sampler_name, set_sampler
 from training.sampling import validation_label_lists
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,14 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test.json-style condition files (a JSON list of label lists); repeat for several.")
     parser.add_argument("--evaluator_checkpoint", required=True,
                         help="The evaluator checkpoint ({'model': state_dict} of a ResNet-18, like checkpoint.pth).")
-    parser.add_argument("--scheduler", default="dpmsolver++", help=f"Sampler: {', '.join(SCHEDULERS)}.")
+    parser.add_argument("--scheduler", default=None,
+                        help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
+                             "ddim,eta=1); default: the one the pipeline was saved with.")
     parser.add_argument("--num_inference_steps", type=positive_int, default=25)
     parser.add_argument("--guidance_scale", type=float, default=2.0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated at once.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision; scoring is fp32.")
+    add_cpu_threads_argument(parser)
     return parser
 
 
@@ -74,31 +75,37 @@ def resolve_device(name: str | None) -> torch.device:
 
 def evaluate(args: argparse.Namespace) -> dict:
     # Cheap checks first, so a typo fails before any model is loaded.
-    check_scheduler_name(args.scheduler)
+    sampler = parse_sampler(args.scheduler) if args.scheduler else None
     condition_files = resolve_condition_files(args.conditions)
     device = resolve_device(args.device)
     check_writable(args.output_dir, "--output_dir")
+    cpu_threads = CpuThreads(args.cpu_threads, device=device)
     evaluator = load_evaluator(args.evaluator_checkpoint, device)
 
-    pipeline = set_scheduler(load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype]), args.scheduler)
+    pipeline = load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype])
+    if sampler is not None:
+        set_sampler(pipeline, sampler)
+    sampler_kwargs = sampler.call_kwargs if sampler is not None else {}
     vocabulary = pipeline.vocabulary
     condition_sets = load_condition_sets(condition_files, vocabulary)
     sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
     evaluation = evaluate_pipeline(
-        pipeline, evaluator, condition_sets, seeds=args.seeds, batch_size=args.batch_size, keep_images=True, **sampling
+        pipeline, evaluator, condition_sets, seeds=args.seeds, batch_size=args.batch_size, keep_images=True,
+        callback_on_step_end=cpu_threads.step_callback, sampler_kwargs=sampler_kwargs, **sampling,
     )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for (name, seed), images in evaluation.images.items():
         image_grid(images).save(args.output_dir / f"grid_{name}_seed{seed}.png")
     denoising_labels = validation_label_lists(vocabulary)[0]
-    denoising_figure(pipeline, denoising_labels, DENOISING_FRAMES, seed=args.seeds[0], **sampling).save(
-        args.output_dir / "denoising_process.png"
-    )
+    denoising_figure(
+        pipeline, denoising_labels, DENOISING_FRAMES, seed=args.seeds[0], sampler_kwargs=sampler_kwargs, **sampling
+    ).save(args.output_dir / "denoising_process.png")
     report = {
         "settings": {
             "pipeline": args.pipeline,
-            "scheduler": args.scheduler,
+            "scheduler": sampler.spec if sampler is not None else sampler_name(pipeline.scheduler),
+            "scheduler_config": dict(pipeline.scheduler.config),
             **sampling,
             "seeds": args.seeds,
             "evaluator_checkpoint": str(args.evaluator_checkpoint),
@@ -106,6 +113,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "device": str(device),
             "dtype": args.dtype,
             "batch_size": args.batch_size,
+            **cpu_threads.describe(),
             "denoising_labels": denoising_labels,
         },
         **evaluation.report,

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from training.cli import ArgumentParser, check_writable  # noqa: E402
 from training.errors import one_line_errors  # noqa: E402
-from training.synthetic_iclevr import render_dataset, save_preview  # noqa: E402
+from training.synthetic_iclevr import MAX_OBJECTS_PER_SCENE, OBJECTS_PER_SCENE, render_dataset, save_preview  # noqa: E402
 
 
 def _at_least(minimum: int):
@@ -33,7 +33,11 @@ def _at_least(minimum: int):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, required=True, help="folder to create (must be new or empty)")
-    parser.add_argument("--num_scenes", type=_at_least(1), default=6003, help="scenes to draw; 3 images each")
+    parser.add_argument("--num_scenes", type=_at_least(1), default=6003,
+                        help="scenes to draw; one image per object (1, 2, 3 objects by default)")
+    parser.add_argument("--objects_per_scene", type=int, choices=range(1, MAX_OBJECTS_PER_SCENE + 1),
+                        default=OBJECTS_PER_SCENE, metavar=f"1..{MAX_OBJECTS_PER_SCENE}",
+                        help="objects in a full scene (i-CLEVR: 3; the course evaluator's renders: 5)")
     parser.add_argument("--seed", type=_at_least(0), default=0, help="same seed and arguments -> identical files")
     parser.add_argument(
         "--num_workers", type=_at_least(1), default=os.cpu_count() or 1, help="rendering processes (default: all cores)"
@@ -66,6 +70,7 @@ def _render(args: argparse.Namespace) -> None:
         seed=args.seed,
         num_workers=args.num_workers,
         overwrite=args.overwrite,
+        objects_per_scene=args.objects_per_scene,
     )
     print(
         f"rendered {stats['images']} images in {stats['seconds']:.1f} s "

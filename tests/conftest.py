@@ -22,12 +22,26 @@ os.environ["WANDB_DIR"] = str(_SCRATCH / "wandb")
 os.environ["WANDB_SILENT"] = "true"
 
 
-def import_script(name: str) -> ModuleType:
-    """scripts/NAME.py as a module, so a test can call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+def import_script(name: str, folder: str = "scripts") -> ModuleType:
+    """FOLDER/NAME.py (scripts/ or benchmarks/) as a module, so a test can call its main(argv) in-process."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", REPO_ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_threads_follow_the_machine_load():
+    """In-process tests use the training's thread policy: every core, fewer while other processes are busy."""
+    from training.cpu_threads import CpuThreads
+
+    policy = CpuThreads()
+    yield policy
+
+
+@pytest.fixture(autouse=True)
+def _cpu_threads_update(_cpu_threads_follow_the_machine_load):
+    _cpu_threads_follow_the_machine_load.update()
 
 
 @pytest.fixture(scope="session")

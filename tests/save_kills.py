@@ -57,7 +57,7 @@ def child(output_dir: Path, limit: int, kill_at: int | None, file_size_limit: in
     ema = EMAModel(model.parameters(), model_cls=ConditionalUNet2DModel, model_config=model.config)
     register_ema_checkpointing(accelerator, ema)
     signature = checkpoint_signature(argparse.Namespace(model_config_name_or_path="tiny", resolution=RESOLUTION,
-                                                        use_ema=True), model)  # fmt: skip
+                                                        use_ema=True, prediction_type="epsilon"), model)  # fmt: skip
     shapes = parameter_shapes(model)
 
     tidy_checkpoints(output_dir)

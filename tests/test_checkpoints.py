@@ -33,7 +33,7 @@ from training_runs import LAUNCH_TIMEOUT, launch_training, train_in_process
 TINY = ["--model_config_name_or_path", "tiny", "--resolution", "8", "--train_batch_size", "4",
         "--lr_warmup_steps", "0", "--validation_steps", "100", "--validation_inference_steps", "1",
         "--report_to", "none", "--use_ema"]  # fmt: skip
-RUN_SIGNATURE = Namespace(model_config_name_or_path="tiny", resolution=8, use_ema=True)
+RUN_SIGNATURE = Namespace(model_config_name_or_path="tiny", resolution=8, use_ema=True, prediction_type="epsilon")
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_a_foreign_checkpoint_is_refused_even_when_older_ones_would_fit(run_copy
     with torch.device("meta"):
         other = create_model("cpu", sample_size=8)
     info = json.loads((run_copy / "checkpoint-2" / "checkpoint.json").read_text())
-    info.update(checkpoint_signature(Namespace(model_config_name_or_path="cpu", resolution=8, use_ema=True), other))
+    info.update(checkpoint_signature(Namespace(**{**vars(RUN_SIGNATURE), "model_config_name_or_path": "cpu"}), other))
     (run_copy / "checkpoint-2" / "checkpoint.json").write_text(json.dumps(info))
 
     with pytest.raises(ForeignCheckpointError, match="checkpoint-2 was written for the cpu model"):

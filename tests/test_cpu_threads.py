@@ -1,37 +1,118 @@
-"""CPU training warns, with the launch flag to use, when `accelerate launch` left it fewer threads than cores."""
+"""The CPU thread policy: every core while the machine is otherwise idle, one fewer per core other processes keep
+busy, a fixed count on request; what a run records about it."""
 
+import argparse
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from training.precision import cpu_thread_warning
+from training import cpu_threads as policy_module
+from training.cpu_threads import AUTO, CpuThreads, cpu_threads_flag, physical_cores
 
-CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def four_cores(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+TWO_CORES = len(os.sched_getaffinity(0)) >= 2 and physical_cores() >= 2
 
 
-def test_one_thread_on_four_cores_warns_with_the_launch_flag(four_cores, monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    warning = cpu_thread_warning(CPU)
-    assert "1 thread(s)" in warning and "--num_cpu_threads_per_process 4" in warning
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
-def test_each_of_several_local_processes_is_owed_its_share_of_the_cores(four_cores, monkeypatch):
+BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
+
+
+class _OtherBusyProcess:
+    """A busy loop that is not this process's descendant (its parent exits at once), like another user's job."""
+
+    def __enter__(self):
+        # The loop must not inherit the pipes of this call, or reading them would never end.
+        quiet = "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
+        spawn = f"import subprocess; print(subprocess.Popen({BUSY_LOOP!r}, {quiet}).pid)"
+        self.pid = int(subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True, check=True).stdout)
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, 9)
+
+
+def _settle(policy: CpuThreads, seconds: float) -> int:
+    """Calls update() the way a training loop does, for `seconds`, while this process keeps one thread busy."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sum(range(20000))
+        policy.update()
+    return policy.threads
+
+
+def test_the_flag_takes_auto_or_a_positive_count():
+    assert cpu_threads_flag("auto") == AUTO
+    assert cpu_threads_flag("3") == 3
+    for bad in ("0", "-2", "two", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="'auto' or a positive number of threads"):
+            cpu_threads_flag(bad)
+
+
+def test_auto_starts_with_every_core_of_the_share():
+    policy = CpuThreads(AUTO, interval=0.2)
+    assert policy.threads == physical_cores() == torch.get_num_threads()
+    assert policy.describe() == {"cpu_thread_policy": "auto", "cpu_threads": physical_cores()}
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs two cores to give one up")
+def test_auto_gives_up_a_thread_beside_a_busy_process_and_takes_it_back_after():
+    policy = CpuThreads(AUTO, interval=0.3)
+    with _OtherBusyProcess():
+        assert _settle(policy, 2.0) == physical_cores() - 1
+        assert torch.get_num_threads() == physical_cores() - 1
+    assert _settle(policy, 2.0) == physical_cores()
+    assert policy.reductions >= 1
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs a second core for the busy child")
+def test_its_own_child_processes_are_not_other_load():
+    policy = CpuThreads(AUTO, interval=0.3)
+    child = subprocess.Popen(BUSY_LOOP)  # like a DataLoader worker: part of this job
+    try:
+        assert _settle(policy, 2.0) == physical_cores()
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs two cores")
+def test_a_fixed_count_never_changes():
+    policy = CpuThreads(1, interval=0.2)
+    with _OtherBusyProcess():
+        assert _settle(policy, 1.0) == 1
+    assert _settle(policy, 1.0) == 1 and torch.get_num_threads() == 1
+    assert policy.describe() == {"cpu_thread_policy": "1", "cpu_threads": 1}
+
+
+def test_each_local_process_of_a_launch_gets_its_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(policy_module, "physical_cores", lambda: 4)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert "--num_cpu_threads_per_process 2" in cpu_thread_warning(CPU)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert cpu_thread_warning(CPU) is None
+    assert CpuThreads(AUTO).threads == 2
 
 
-def test_no_warning_when_every_core_is_used_or_off_the_cpu(four_cores, monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert cpu_thread_warning(CPU) is None
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert cpu_thread_warning(torch.device("cuda", 0)) is None
+def test_smt_siblings_count_as_one_physical_core(tmp_path, monkeypatch):
+    # cpu0/cpu1 are the two hardware threads of core 0, cpu2/cpu3 of core 1.
+    for cpu, core in ((0, 0), (1, 0), (2, 1), (3, 1)):
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    monkeypatch.setattr(policy_module, "_SYS_CPU", tmp_path)
+    monkeypatch.setattr(policy_module, "_allowed_cpus", lambda: {0, 1, 2, 3})
+    assert physical_cores() == 2
+
+
+def test_off_the_cpu_it_leaves_torch_threads_alone():
+    torch.set_num_threads(1)
+    policy = CpuThreads(AUTO, device="cuda")
+    assert torch.get_num_threads() == 1 and policy.update() == 1
+    assert policy.describe()["cpu_thread_policy"] == "not on CPU"

@@ -17,15 +17,15 @@ from conftest import REPO_ROOT, import_script
 from pipeline import LabelVocabulary
 from training.evaluation import (
     default_condition_files,
-    denoising_figure,
     evaluate_pipeline,
     evaluation_items,
     generate_and_score,
-    set_scheduler,
 )
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
-from training.pipeline_loading import load_pipeline
+from training.figures import denoising_figure
 from training.model_presets import create_model
+from training.pipeline_loading import load_pipeline
+from training.samplers import DEFAULT_SAMPLER, set_sampler
 from training.sampling import build_pipeline
 from training_runs import launch_training
 
@@ -94,7 +94,8 @@ def test_the_report_has_one_entry_per_condition_file_and_seed(script_run):
 def test_the_report_records_the_settings_and_the_seconds_per_image(script_run, files):
     report = _report(script_run[0])
     settings = report["settings"]
-    assert settings["scheduler"] == "dpmsolver++" and settings["num_inference_steps"] == STEPS
+    assert settings["scheduler"] == DEFAULT_SAMPLER.split(",")[0]  # the sampler the pipeline was saved with
+    assert settings["num_inference_steps"] == STEPS
     assert settings["seeds"] == list(SEEDS) and settings["guidance_scale"] == 1.0
     assert settings["evaluator_checkpoint"] == str(files["evaluator.pth"])
     assert settings["device"] == "cpu" and settings["dtype"] == "fp32"
@@ -139,10 +140,10 @@ def test_the_scheduler_choice_is_recorded_and_changes_the_images(script_run, fil
     assert ddim_grid != Image.open(script_run[0] / "grid_small_seed0.png").tobytes()
 
 
-def test_set_scheduler_keeps_the_noise_schedule(files):
+def test_set_sampler_keeps_the_noise_schedule(files):
     pipeline = load_pipeline(str(files["pipeline"]))
     schedule = pipeline.scheduler.config.beta_schedule, pipeline.scheduler.config.num_train_timesteps
-    set_scheduler(pipeline, "ddim")
+    set_sampler(pipeline, "ddim")
     assert isinstance(pipeline.scheduler, DDIMScheduler)
     assert (pipeline.scheduler.config.beta_schedule, pipeline.scheduler.config.num_train_timesteps) == schedule
 
@@ -150,7 +151,8 @@ def test_set_scheduler_keeps_the_noise_schedule(files):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("--scheduler", "dpmsolver"), "unknown scheduler 'dpmsolver'; did you mean 'dpmsolver++'?"),
+        (("--scheduler", "dpmsolver"), "unknown sampler 'dpmsolver'; did you mean 'dpmsolver++'?"),
+        (("--scheduler", "ddim,etta=1"), "ddim has no setting 'etta'; did you mean 'eta'?"),
         (("--conditions", "missing.json"), "condition file missing.json does not exist"),
         (("--device", "tpu"), "--device 'tpu' is not supported"),
     ],

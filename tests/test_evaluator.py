@@ -404,5 +404,19 @@ def test_training_script_saves_a_loadable_checkpoint_and_metrics(train_script, t
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 24)
     saved = json.loads((output.parent / "checkpoint_metrics.json").read_text())
     assert saved["accuracy"] == report["accuracy"] and saved["num_images"] == 9
+    assert saved["low_resolution"]["resolution"] == 32 and saved["low_resolution"]["num_images"] == 9
     assert saved["reached_target"] is False  # one epoch on 27 images: far from 99.5 %
     assert "WARNING" in capsys.readouterr().err
+
+
+def test_training_images_are_shown_natively_and_as_32_pixel_renders_upsampled(train_script):
+    model = build_evaluator()
+    native = torch.rand(64, 3, 64, 64) * 2 - 1
+    low = torch.rand(64, 3, 32, 32) * 2 - 1
+    batch = {"pixel_values": native, "pixel_values_low": low}
+    mixed = train_script.mix_resolutions(model, batch, 0.5, torch.Generator().manual_seed(0))
+    from_low = [torch.equal(image, upsampled) for image, upsampled in zip(mixed, model.prepare(low))]
+    from_native = [torch.equal(image, original) for image, original in zip(mixed, native)]
+    assert all(a != b for a, b in zip(from_low, from_native))  # every image is exactly one of the two
+    assert 20 < sum(from_low) < 44
+    assert torch.equal(train_script.mix_resolutions(model, batch, 0.0, torch.Generator()), native)

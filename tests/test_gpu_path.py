@@ -1,5 +1,6 @@
-"""The GPU path of train_conditional.py, as far as a CPU can run it: a compiled, channels_last, bf16 run that saves
-and reloads; CUDA-only speed-ups chosen for CUDA only; the guard against non-finite losses and gradients.
+"""The GPU path of train_conditional.py: a compiled, channels_last, bf16 run that saves and reloads; CUDA-only
+speed-ups chosen for CUDA only; the guard against non-finite losses and gradients. On a CUDA machine (the GPU check,
+benchmarks/gpu_check.py, runs this file there) also fp16 with Accelerate's GradScaler and inductor compilation.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from training.args import parse_args
 from training.model_presets import create_model
 from training.precision import create_optimizer, enable_tf32
 from training.stability import MAX_CONSECUTIVE_SKIPPED_STEPS, NonFiniteGuard, TrainingDivergedError
-from training_runs import launch_training, logged_scalars, train_in_process
+from training.tracking import logged_scalars
+from training_runs import launch_training, train_in_process
 
 TINY = ["--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "4",
         "--validation_inference_steps", "1", "--report_to", "tensorboard"]  # fmt: skip
-
-
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +63,13 @@ def test_a_compiled_channels_last_bf16_run_saves_plain_weights_and_a_loadable_pi
     assert images.shape == (1, 32, 32, 3)
 
 
-def test_cuda_only_speedups_stay_off_on_the_cpu(compiled_run):
+def test_tf32_and_fused_adamw_are_on_exactly_when_training_on_a_gpu(compiled_run):
     info = json.loads((compiled_run / "run_info.json").read_text())
+    on_gpu = info["device"] == "cuda"
 
-    assert info["tf32"] is False
-    assert info["fused_adamw"] is False
+    assert on_gpu is torch.cuda.is_available()
+    assert info["tf32"] is on_gpu
+    assert info["fused_adamw"] is on_gpu
 
 
 def test_fused_adamw_is_chosen_for_cuda():
@@ -117,6 +120,48 @@ def test_skipped_steps_leave_the_weights_as_they_were(diverging_run, tiny_iclevr
     # An AdamW step with NaN gradients would have made them NaN.
     assert all(torch.isfinite(tensor).all() for tensor in before.values())
     assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
+
+
+@pytest.fixture(scope="module")
+def cuda_fp16_run(tiny_iclevr_dir, tmp_path_factory) -> Path:
+    """fp16 on CUDA: Accelerate's autocast and GradScaler, the scaler's state saved in the checkpoints."""
+    output_dir = tmp_path_factory.mktemp("cuda-fp16") / "run"
+    launch_training(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
+                    "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "6", "--use_ema",
+                    "--channels_last", mixed_precision="fp16")  # fmt: skip
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def cuda_inductor_run(tiny_iclevr_dir, tmp_path_factory) -> Path:
+    """--torch_compile: inductor's generated kernels (Accelerate's dynamo backend), channels_last, bf16."""
+    output_dir = tmp_path_factory.mktemp("cuda-inductor") / "run"
+    launch_training(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
+                    "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "3",
+                    "--torch_compile", "--channels_last", mixed_precision="bf16")  # fmt: skip
+    return output_dir
+
+
+@requires_cuda
+def test_an_fp16_run_on_cuda_keeps_its_grad_scaler_and_ends_with_finite_losses(cuda_fp16_run):
+    info = json.loads((cuda_fp16_run / "run_info.json").read_text())
+    losses = logged_scalars(cuda_fp16_run, "loss")
+
+    assert (info["device"], info["mixed_precision"]) == ("cuda", "fp16")
+    assert (cuda_fp16_run / "checkpoint-3" / "scaler.pt").is_file()
+    assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(loss) for loss in losses.values())
+
+
+@requires_cuda
+def test_an_inductor_compiled_run_on_cuda_saves_plain_weights_and_finite_losses(cuda_inductor_run):
+    info = json.loads((cuda_inductor_run / "run_info.json").read_text())
+    checkpoint = load_file(cuda_inductor_run / "checkpoint-3" / "model.safetensors")
+    losses = logged_scalars(cuda_inductor_run, "loss")
+
+    assert (info["device"], info["dynamo_backend"]) == ("cuda", "INDUCTOR")
+    assert set(checkpoint) == set(create_model("tiny", sample_size=32).state_dict())
+    assert all(math.isfinite(loss) for loss in losses.values())
+    assert ICLEVRPipeline.from_pretrained(cuda_inductor_run)([["red sphere"]], num_inference_steps=1).images
 
 
 def _stand_in_accelerator(*, fp16: bool) -> SimpleNamespace:

@@ -26,11 +26,14 @@ from safetensors.torch import load_file
 from conftest import REPO_ROOT
 from pipeline import ICLEVRPipeline
 from training.distributed import parameter_checksum
-from training.evaluation import evaluate_pipeline, image_generator, image_grid, load_condition_sets
+from training.evaluation import evaluate_pipeline, image_generator, load_condition_sets
+from training.figures import image_grid
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
-from training_runs import logged_scalars, run_launch
+from training.cpu_threads import physical_cores
 from training.model_presets import create_model
 from training.sampling import validation_label_lists
+from training.tracking import logged_scalars
+from training_runs import run_launch
 
 NUM_IMAGES = 36  # the tiny render
 BATCH, ACCUMULATION, STEPS, WARMUP, LEARNING_RATE = 4, 2, 4, 2, 2e-4
@@ -99,6 +102,7 @@ def test_accelerate_sees_one_run_of_two_cpu_processes(two_process_run):
     assert info["num_processes"] == 2
     assert info["distributed_type"] == "MULTI_CPU"
     assert info["images_per_update"] == BATCH * 2 * ACCUMULATION
+    assert info["cpu_threads"] == max(1, physical_cores() // 2)  # each process its share of the cores
 
 
 def test_both_processes_end_with_the_weights_of_the_saved_checkpoint(two_process_run):

@@ -53,8 +53,8 @@ def test_pt_output_is_bchw_in_unit_range(pipe):
 
 
 def test_an_unknown_output_type_is_rejected(pipe):
-    with pytest.raises(ValueError, match="output_type must be one of pil, np, pt"):
-        _generate(pipe, output_type="latent")
+    with pytest.raises(ValueError, match="output_type must be one of pil, np, pt, latent"):
+        _generate(pipe, output_type="jpeg")
 
 
 @pytest.mark.parametrize("scheduler_class", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler])

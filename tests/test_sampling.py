@@ -1,11 +1,12 @@
 """The pipeline built from a training model samples with x0 clipping, so a fast solver stays in the image range."""
 
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler
 
 from pipeline import LabelVocabulary
 from training.model_presets import create_model
-from training.sampling import X0_CLIPPING, build_pipeline
+from training.samplers import sampler_name, set_sampler
+from training.sampling import build_pipeline
 
 
 def largest_latent_during_sampling(pipe) -> float:
@@ -27,16 +28,19 @@ def untrained_pipeline():
     return build_pipeline(model, noise_scheduler, LabelVocabulary())
 
 
-def test_dpm_solver_keeps_an_imperfect_model_within_the_image_range():
+def test_the_pipeline_is_saved_with_the_default_sampler():
     pipe = untrained_pipeline()
+    assert sampler_name(pipe.scheduler) == "sde-dpmsolver++"
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
 
-    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+
+def test_dpm_solver_keeps_an_imperfect_epsilon_model_within_the_image_range():
+    pipe = untrained_pipeline()
+    set_sampler(pipe, "dpmsolver++")
     assert largest_latent_during_sampling(pipe) < 5.0
 
 
 def test_without_x0_clipping_the_same_sampler_leaves_the_image_range():
     pipe = untrained_pipeline()
-    unclipped = {key: False if key == "thresholding" else value for key, value in X0_CLIPPING.items()}
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, **unclipped)
-
+    set_sampler(pipe, "dpmsolver++,thresholding=false")
     assert largest_latent_during_sampling(pipe) > 5.0

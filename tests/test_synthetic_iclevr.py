@@ -190,3 +190,20 @@ def test_small_objects_stay_visible_at_64x64():
         obj = SceneObject(label, "small", (0.0, 2.35), rotation=45.0)
         thumbnail = render_scene([obj]).resize((64, 64), Image.Resampling.BICUBIC)
         assert _count(thumbnail, colour) >= 25, label
+
+
+def test_scenes_of_five_objects_are_drawn_one_more_object_per_image(tmp_path):
+    output_dir = tmp_path / "five"
+    render_dataset(output_dir, num_scenes=4, seed=5, num_workers=1, progress=False, objects_per_scene=5)
+    train = _load(output_dir, "train.json")
+    assert len(train) == 20
+    for scene in range(4):
+        lists = [train[f"CLEVR_train_{scene:06d}_{step}.png"] for step in range(5)]
+        assert [len(labels) for labels in lists] == [1, 2, 3, 4, 5]
+        assert all(lists[step] == lists[4][: step + 1] for step in range(5))  # each a prefix of the full scene
+        assert len(set(lists[4])) == 5
+
+
+def test_objects_per_scene_outside_one_to_five_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        render_dataset(tmp_path / "six", num_scenes=1, objects_per_scene=6, progress=False)

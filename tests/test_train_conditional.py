@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from training.args import parse_args
-from training_runs import launch_training, logged_scalars
+from training.cpu_threads import physical_cores
+from training.tracking import logged_scalars
+from training_runs import launch_training
 
 # 36 images at batch 8 are 5 batches an epoch, so checkpoint-6 sits in the middle of the second epoch.
 TINY_RUN = [
@@ -54,8 +56,16 @@ def test_validation_writes_a_grid_every_validation_steps(tiny_run):
 
 
 def test_training_logs_loss_lr_grad_norm_and_throughput_every_step(tiny_run):
-    for tag in ("loss", "lr", "grad_norm", "images_per_second", "epoch"):
+    for tag in ("loss", "lr", "grad_norm", "images_per_second", "epoch", "cpu_threads"):
         assert sorted(logged_scalars(tiny_run, tag)) == list(range(1, 9)), tag
+
+
+def test_cpu_training_uses_every_core_by_default_whatever_accelerate_exported(tiny_run):
+    # The launch exported OMP_NUM_THREADS=1 (accelerate's default); the auto policy takes the cores back.
+    info = json.loads((tiny_run / "run_info.json").read_text())
+    assert info["cpu_thread_policy"] == "auto"
+    assert info["cpu_threads"] == physical_cores()
+    assert max(logged_scalars(tiny_run, "cpu_threads").values()) <= physical_cores()
 
 
 def test_training_leaves_a_loadable_pipeline_and_a_sample_grid(tiny_run):
@@ -67,6 +77,18 @@ def test_training_leaves_a_loadable_pipeline_and_a_sample_grid(tiny_run):
     assert images.shape == (1, 32, 32, 3)
     assert pipe.vocabulary.labels[9] == "red sphere"
     assert (tiny_run / "samples.png").is_file()
+
+
+def test_the_saved_unet_loads_alone_with_diffusers_automodel_as_remote_code(tiny_run):
+    from diffusers import AutoModel
+
+    from pipeline import ICLEVRPipeline
+
+    unet = AutoModel.from_pretrained(str(tiny_run / "unet"), trust_remote_code=True)
+
+    assert type(unet).__name__ == "ConditionalUNet2DModel" and type(unet).__module__.startswith("diffusers_modules")
+    expected = ICLEVRPipeline.from_pretrained(tiny_run).unet.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in unet.state_dict().items())
 
 
 def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_losses(tiny_run, tiny_iclevr_dir, tmp_path):
@@ -92,6 +114,8 @@ def test_ema_and_lr_schedule_step_once_per_optimizer_step_under_gradient_accumul
     scheduler_state = torch.load(tmp_path / "checkpoint-3" / "scheduler.bin", weights_only=True)
     assert ema_settings["optimization_step"] == 3
     assert scheduler_state["last_epoch"] == 3
+    # 3 steps are no multiple of --validation_steps 100: the final weights are validated all the same.
+    assert [p.name for p in (tmp_path / "validation").iterdir()] == ["step-000003.png"]
 
 
 def test_a_misspelt_flag_is_refused_with_the_closest_flag(capsys):

@@ -19,7 +19,8 @@ from wandb.proto import wandb_internal_pb2
 from training.args import parse_args
 from training.evaluator import build_evaluator, save_evaluator
 from training.sampling import VALIDATION_LABELS
-from training_runs import launch_training, logged_scalars
+from training.tracking import logged_scalars
+from training_runs import launch_training
 
 LEARNING_RATE = 3e-4
 CONDITIONS = [["red cube"], ["blue sphere", "gray cylinder"], ["cyan cube", "red sphere", "yellow cylinder"]]
@@ -194,8 +195,8 @@ def test_the_saved_pipeline_is_logged_as_a_model_artifact_without_checkpoints(wa
     entries = {entry.path: entry.digest for entry in artifact.manifest.contents}
 
     assert artifact.type == "model"
-    assert sorted(entries) == ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
-                               "unet/diffusion_pytorch_model.safetensors"]  # fmt: skip
+    assert sorted(entries) == ["model_index.json", "scheduler/scheduler_config.json", "unet/conditional_unet.py",
+                               "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]  # fmt: skip
     weights = (first_run / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     md5 = base64.b64encode(hashlib.md5(weights).digest()).decode()  # W&B's manifest digest
     assert entries["unet/diffusion_pytorch_model.safetensors"] == md5

@@ -1,5 +1,5 @@
-"""Running `train_conditional.py` from tests (`accelerate launch`, or in this process for short runs), and reading back
-what it logged to TensorBoard."""
+"""Running `train_conditional.py` from tests (`accelerate launch`, or in this process for short runs);
+`training.tracking.logged_scalars` reads what it logged."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO_ROOT
 
@@ -71,10 +69,3 @@ def train_in_process(*args: str) -> None:
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
 
-
-def logged_scalars(output_dir: Path, tag: str) -> dict[int, float]:
-    """{step: value} of one scalar from the run's TensorBoard event file."""
-    (events,) = (output_dir / "logs" / "iclevr-ddpm").glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Sequence
 
 from diffusers.optimization import SchedulerType
 
 from training.cli import (
     ArgumentParser,
+    fraction,
     non_negative_float,
     non_negative_int,
     positive_float,
+    positive_float_or_none,
     positive_int,
     probability,
 )
+from training.cpu_threads import add_cpu_threads_argument
 from training.hub import HubError, check_repo_id
+from training.objective import PREDICTION_TYPES, TIMESTEP_BIAS_STRATEGIES
 from training.tracking import uses_wandb
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
@@ -46,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Probability of training on the all-zero (unconditional) label vector, for guidance.")
     model.add_argument("--num_train_timesteps", type=positive_int, default=1000)
     model.add_argument("--beta_schedule", choices=("linear", "squaredcos_cap_v2"), default="squaredcos_cap_v2")
+    model.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
+                       help="What the UNet predicts: the noise (epsilon), the velocity v = alpha*noise - sigma*x0 "
+                            "(v_prediction) or the image (sample); saved in the scheduler config for every sampler.")
+    model.add_argument("--snr_gamma", type=positive_float_or_none, default=None,
+                       help="Min-SNR loss weighting with this gamma (5.0 in the paper); 'none': plain MSE.")
+    model.add_argument("--timestep_bias_strategy", choices=TIMESTEP_BIAS_STRATEGIES, default="none",
+                       help="Draw some timesteps more often: 'later' the noisiest --timestep_bias_portion, "
+                            "'earlier' the least noisy, 'range' [--timestep_bias_begin, --timestep_bias_end).")
+    model.add_argument("--timestep_bias_multiplier", type=positive_float, default=1.0,
+                       help="How much more often the biased timesteps are drawn (1.0: no bias).")
+    model.add_argument("--timestep_bias_portion", type=fraction, default=0.25)
+    model.add_argument("--timestep_bias_begin", type=non_negative_int, default=0)
+    model.add_argument("--timestep_bias_end", type=positive_int, default=1000)
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max_train_steps", type=positive_int, default=None,
@@ -70,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--ema_power", type=positive_float, default=3 / 4)
 
     speed = parser.add_argument_group("speed (TF32 and fused AdamW are on by themselves on CUDA)")
+    # Replaces accelerate's --num_cpu_threads_per_process, whose OMP_NUM_THREADS this script overrides.
+    add_cpu_threads_argument(speed)
     speed.add_argument("--channels_last", action="store_true",
                        help="Keep conv weights in the channels_last (NHWC) layout, which tensor-core kernels prefer "
                             "under bf16/fp16 on CUDA; measure it with benchmarks/bench_training.py.")
@@ -93,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--evaluator_checkpoint", type=str, default=None,
                      help="An evaluator checkpoint (checkpoint.pth): at every validation, score the EMA model on the "
                           "evaluation conditions, log the accuracy and keep the best pipeline in output_dir/best.")
+    run.add_argument("--evaluation_seeds", type=non_negative_int, nargs="+", default=None, metavar="SEED",
+                     help="Seeds of the evaluation (one image per condition per seed; default: --seed).")
     run.add_argument("--evaluation_conditions", type=str, nargs="+", default=None, metavar="FILE",
                      help="Condition files to score (default: test.json and new_test.json of the training folder, "
                           "else of the built-in synthetic render).")
@@ -139,6 +161,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if wandb_only:
             parser.error(f"{' and '.join(wandb_only)}: W&B only; add --report_to wandb (or all), "
                          f"not {args.report_to}")
+    if math.isinf(args.timestep_bias_multiplier):
+        parser.error("--timestep_bias_multiplier inf would draw only the biased timesteps; give a finite number")
+    if args.timestep_bias_strategy == "range" and not (
+        0 <= args.timestep_bias_begin < args.timestep_bias_end <= args.num_train_timesteps
+    ):
+        parser.error(f"--timestep_bias_begin/--timestep_bias_end must satisfy 0 <= begin < end <= "
+                     f"--num_train_timesteps ({args.num_train_timesteps}), got {args.timestep_bias_begin}, "
+                     f"{args.timestep_bias_end}")
+    if args.evaluation_seeds and not args.evaluator_checkpoint:
+        parser.error("--evaluation_seeds needs --evaluator_checkpoint, the classifier that scores the images")
     if args.evaluation_conditions and not args.evaluator_checkpoint:
         parser.error("--evaluation_conditions needs --evaluator_checkpoint, the classifier that scores the images")
     return args

@@ -30,7 +30,7 @@ OPTIMIZER_STATE = "optimizer.bin"
 SCHEDULER_STATE = "scheduler.bin"
 PICKLED_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
 # What a checkpoint's writer is compared on (the model by its config, not by the name it was given).
-SIGNATURE_FIELDS = ("model_config", "resolution", "num_labels", "use_ema")
+SIGNATURE_FIELDS = ("model_config", "resolution", "num_labels", "use_ema", "prediction_type")
 
 
 class CheckpointError(UserError, ValueError):
@@ -38,13 +38,14 @@ class CheckpointError(UserError, ValueError):
 
 
 class ForeignCheckpointError(CheckpointError):
-    """A complete checkpoint written by a run with another model, resolution, label set or EMA setting."""
+    """A complete checkpoint written by a run with another model, resolution, label set, EMA setting or prediction
+    type."""
 
 
 def describe(signature: Mapping[str, Any]) -> str:
     ema = "with" if signature.get("use_ema") else "without"
     return (f"the {signature.get('model')!s} model at resolution {signature.get('resolution')}, "
-            f"{signature.get('num_labels')} labels, {ema} EMA")  # fmt: skip
+            f"{signature.get('num_labels')} labels, {ema} EMA, predicting {signature.get('prediction_type')}")
 
 
 def read_checkpoint_info(folder: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ The next save or resume tidies what a kill left: a complete `.partial` is rename
 
 Resuming from "latest" takes the newest checkpoint whose every file reads back (training/checkpoint_files.py); one
 that does not is skipped with the reason and the previous one is tried. A checkpoint of another run (model,
-resolution, labels, EMA) is refused, never skipped.
+resolution, labels, EMA, prediction type) is refused, never skipped.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ _DELETING_SUFFIX = ".deleting"
 
 
 def checkpoint_signature(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, Any]:
-    """What checkpoint.json records about the run that writes it: the model config, resolution, labels, EMA."""
+    """What checkpoint.json records about the run that writes it: the model config, resolution, labels, EMA and what
+    the model predicts (weights trained for epsilon mean something else to a v-prediction run)."""
     config = {key: value for key, value in model.config.items() if not key.startswith("_") and key != "sample_size"}
     return {
         "model": str(args.model_config_name_or_path),
@@ -51,6 +52,7 @@ def checkpoint_signature(args: argparse.Namespace, model: torch.nn.Module) -> di
         "resolution": args.resolution,
         "num_labels": model.config.num_labels,
         "use_ema": bool(args.use_ema),
+        "prediction_type": args.prediction_type,
     }
 
 

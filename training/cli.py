@@ -84,6 +84,16 @@ def probability(text: str) -> float:
     return value
 
 
+def positive_float_or_none(text: str) -> float | None:
+    """A positive number, or "none" to turn the setting off."""
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not value > 0.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'none', got {text}")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, `error: ...` and exit status 1 like every other error of the
     project (argparse's own print the whole usage first), and whose error for a misspelt flag names the closest flag.

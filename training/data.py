@@ -82,7 +82,7 @@ def vocabulary_for(
             f"{objects_json} orders its {len(found)} labels differently from the given vocabulary "
             f"({len(vocabulary)} labels); use the vocabulary from objects.json or a folder that matches the model"
         )
-    return found
+    return vocabulary if vocabulary is not None else found  # a given vocabulary keeps its max_objects
 
 
 def load_condition_file(path: str | Path, vocabulary: LabelVocabulary | None = None) -> list[list[str]]:
@@ -135,13 +135,17 @@ def builtin_synthetic_dir(
     cache_dir: str | Path | None = None,
     num_scenes: int = DEFAULT_SYNTHETIC_SCENES,
     seed: int = DEFAULT_SYNTHETIC_SEED,
+    objects_per_scene: int = synthetic_iclevr.OBJECTS_PER_SCENE,
 ) -> Path:
     """The built-in synthetic i-CLEVR folder, rendered on first use (the renderer writes it atomically)."""
     name = f"synthetic-iclevr-v{synthetic_iclevr.RENDERER_VERSION}-seed{seed}-{num_scenes}"
+    if objects_per_scene != synthetic_iclevr.OBJECTS_PER_SCENE:
+        name += f"-objects{objects_per_scene}"
     folder = Path(cache_dir or default_cache_dir()) / name
     if not (folder / "train.json").is_file():
-        print(f"Rendering the built-in synthetic i-CLEVR ({num_scenes} scenes, seed {seed}) into {folder} (once)")
-        synthetic_iclevr.render_dataset(folder, num_scenes=num_scenes, seed=seed)
+        print(f"Rendering the built-in synthetic i-CLEVR ({num_scenes} scenes of up to {objects_per_scene} objects, "
+              f"seed {seed}) into {folder} (once)")
+        synthetic_iclevr.render_dataset(folder, num_scenes=num_scenes, seed=seed, objects_per_scene=objects_per_scene)
     return folder
 
 

@@ -1,16 +1,13 @@
 """Scoring a pipeline with the evaluator: condition files x seeds -> accuracy, exact match, grids, timings.
 
-Used by `scripts/evaluate.py` and, every `--validation_steps`, by `train_conditional.py` (which also keeps the best
-pipeline in `output_dir/best`). Work is a flat list of (condition file, seed, condition) items; every image has its
+Used by `scripts/evaluate.py`, `benchmarks/bench_samplers.py` and, every `--validation_steps`, by
+`train_conditional.py` (training/training_evaluation.py). Work is a flat list of (condition file, seed, condition) items; every image has its
 own generator derived from (seed, condition index), so any slice of the items can be generated and scored on its
 own — by another batch size or another process — and the records merged once.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -20,31 +17,18 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline import LabelVocabulary
-from training.cli import closest
 from training.data import builtin_synthetic_dir, load_condition_file
 from training.errors import UserError
-from training.evaluator import classify, evaluation_metrics, load_evaluator
-from training.sampling import X0_CLIPPING
+from training.evaluator import classify, evaluation_metrics
 from training.seeding import derived_generator
 
-SCHEDULERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(
-        config, algorithm_type="dpmsolver++", **X0_CLIPPING
-    ),
-    "ddim": lambda config: DDIMScheduler.from_config(config, **X0_CLIPPING),
-    "ddpm": lambda config: DDPMScheduler.from_config(config, **X0_CLIPPING),
-}
 CONDITION_FILE_NAMES = ("test.json", "new_test.json")
-GRID_COLUMNS = 8
-BEST_FOLDER = "best"
-BEST_INFO = "best.json"
 
 
 class EvaluationError(UserError, ValueError):
@@ -60,21 +44,6 @@ class Evaluation:
 
 
 # ------------------------------------------------------------------------------------------------ set-up
-
-
-def check_scheduler_name(name: str) -> str:
-    if name not in SCHEDULERS:
-        raise EvaluationError(
-            f"unknown scheduler {name!r}; did you mean {closest(name, list(SCHEDULERS))!r}? "
-            f"choose from {', '.join(SCHEDULERS)}"
-        )
-    return name
-
-
-def set_scheduler(pipeline: DiffusionPipeline, name: str) -> DiffusionPipeline:
-    """Swaps the pipeline's sampler, keeping its noise schedule (betas, timesteps, prediction type)."""
-    pipeline.scheduler = SCHEDULERS[check_scheduler_name(name)](pipeline.scheduler.config)
-    return pipeline
 
 
 def resolve_condition_files(paths: Sequence[str | Path]) -> dict[str, Path]:
@@ -146,9 +115,13 @@ def generate_and_score(
     batch_size: int = 64,
     keep_images: bool = False,
     progress: bool = True,
+    callback_on_step_end: Callable | None = None,
+    sampler_kwargs: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """One record per item: the item plus the evaluator's `probs`, its share of the batch's generation `seconds`
     and (with `keep_images`) its PIL `image`. Records depend only on their items, not on the batching.
+    `callback_on_step_end` goes to the pipeline (e.g. a CPU thread policy's `step_callback`), and so do
+    `sampler_kwargs` (a Sampler's `call_kwargs`, e.g. DDIM's eta).
     """
     if batch_size < 1:
         raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
@@ -163,6 +136,8 @@ def generate_and_score(
             guidance_scale=guidance_scale,
             generator=[image_generator(item["seed"], item["index"]) for item in batch],
             output_type="np",
+            callback_on_step_end=callback_on_step_end,
+            **(sampler_kwargs or {}),
         ).images  # the conversion to numpy waits for the device, so the timing is complete
         seconds = (time.perf_counter() - tick) / len(batch)
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0  # the evaluator takes [-1, 1]
@@ -232,6 +207,8 @@ def evaluate_pipeline(
     keep_images: bool = False,
     progress: bool = True,
     accelerator: Accelerator | None = None,
+    callback_on_step_end: Callable | None = None,
+    sampler_kwargs: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Generates one image per condition per seed, scores them and summarises (see `summarise`).
 
@@ -251,7 +228,8 @@ def evaluate_pipeline(
         items = items[accelerator.process_index :: accelerator.num_processes]
     records = generate_and_score(
         pipeline, evaluator, items, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-        batch_size=batch_size, keep_images=keep_images, progress=progress,
+        batch_size=batch_size, keep_images=keep_images, progress=progress, callback_on_step_end=callback_on_step_end,
+        sampler_kwargs=sampler_kwargs,
     )
     if accelerator is not None:
         records = gather_object(records)
@@ -261,39 +239,6 @@ def evaluate_pipeline(
         for record in records:
             images.setdefault((record["set"], record["seed"]), []).append(record["image"])
     return Evaluation(summarise(records, label_names), images)
-
-
-# ------------------------------------------------------------------------------------------------- figures
-
-
-def image_grid(images: Sequence[Image.Image], columns: int = GRID_COLUMNS) -> Image.Image:
-    """`columns` images per row; a short last row is padded with white."""
-    columns = min(columns, len(images))
-    rows = -(-len(images) // columns)
-    padded = list(images) + [Image.new("RGB", images[0].size, "white")] * (rows * columns - len(images))
-    return make_image_grid(padded, rows=rows, cols=columns)
-
-
-def denoising_figure(
-    pipeline: DiffusionPipeline,
-    labels: Sequence[str],
-    num_frames: int = 10,
-    *,
-    num_inference_steps: int = 25,
-    guidance_scale: float = 2.0,
-    seed: int = 0,
-) -> Image.Image:
-    """One row, left to right: the initial noise, evenly spaced denoising states, the final image."""
-    output = pipeline(
-        [list(labels)],
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        generator=[image_generator(seed, 0)],
-        output_type="pil",
-        return_intermediates=min(num_frames, num_inference_steps + 1),
-    )
-    frames = [batch[0] for batch in output.intermediates]
-    return make_image_grid(frames, rows=1, cols=len(frames))
 
 
 def format_table(report: Mapping[str, Any]) -> str:
@@ -309,91 +254,3 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{report['seconds_per_image']:.4f} s per image ({report['num_images']} images)"
     )
     return "\n".join(rows)
-
-
-# ------------------------------------------------------------------------------------------- during training
-
-
-class TrainingEvaluation:
-    """The evaluation run every `--validation_steps` in training: one seed, the validation sampler settings; logs
-    the scores to the trackers and keeps the pipeline with the best mean accuracy in `output_dir/best`.
-    """
-
-    def __init__(
-        self,
-        evaluator: torch.nn.Module,
-        condition_sets: Mapping[str, Sequence[Sequence[str]]],
-        output_dir: str | Path,
-        *,
-        num_inference_steps: int,
-        guidance_scale: float,
-        seed: int,
-        batch_size: int,
-        keep_previous_best: bool = False,
-    ):
-        self.evaluator = evaluator
-        self.condition_sets = condition_sets
-        self.best_dir = Path(output_dir) / BEST_FOLDER
-        self.settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
-        self.seed = seed
-        self.batch_size = batch_size
-        # A resumed run only replaces best/ with something better than what it kept before; a new run starts over.
-        best_info = self.best_dir / BEST_INFO
-        self.best_accuracy = -1.0
-        if keep_previous_best and best_info.is_file():
-            self.best_accuracy = json.loads(best_info.read_text())["mean_accuracy"]
-
-    def __call__(self, accelerator: Accelerator, pipeline: DiffusionPipeline, step: int) -> dict[str, Any]:
-        """Call on every process (the conditions are split across them); only the main process writes."""
-        report = evaluate_pipeline(
-            pipeline, self.evaluator, self.condition_sets, seeds=[self.seed], batch_size=self.batch_size,
-            progress=False, accelerator=accelerator, **self.settings,
-        ).report
-        scalars = {"evaluation/mean_accuracy": report["mean_accuracy"]}
-        for name, result in report["condition_sets"].items():
-            scalars[f"evaluation/{name}/accuracy"] = result["accuracy_mean"]
-            scalars[f"evaluation/{name}/exact_match"] = result["exact_match_mean"]
-        accelerator.log(scalars, step=step)
-        if report["mean_accuracy"] > self.best_accuracy:
-            self.best_accuracy = report["mean_accuracy"]
-            if accelerator.is_main_process:
-                self._save_best(pipeline, step, report)
-        return report
-
-    def _save_best(self, pipeline: DiffusionPipeline, step: int, report: Mapping[str, Any]) -> None:
-        # Written beside best/ and swapped in, so a crash never leaves a half-written best pipeline.
-        partial = self.best_dir.with_name(self.best_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        pipeline.save_pretrained(partial)
-        info = {
-            "step": step,
-            "mean_accuracy": report["mean_accuracy"],
-            "accuracy": {name: r["accuracy_mean"] for name, r in report["condition_sets"].items()},
-            "exact_match": {name: r["exact_match_mean"] for name, r in report["condition_sets"].items()},
-            "seed": self.seed,
-            **self.settings,
-        }
-        (partial / BEST_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        shutil.rmtree(self.best_dir, ignore_errors=True)
-        partial.rename(self.best_dir)
-
-
-def load_training_evaluation(
-    args: argparse.Namespace, vocabulary: LabelVocabulary, accelerator: Accelerator
-) -> TrainingEvaluation | None:
-    """The in-training evaluation from the training flags; None without --evaluator_checkpoint."""
-    if not args.evaluator_checkpoint:
-        return None
-    with accelerator.main_process_first():  # the built-in render, if needed, happens once
-        paths = args.evaluation_conditions or default_condition_files(args.train_data_dir, args.cache_dir)
-    condition_sets = load_condition_sets(resolve_condition_files(paths), vocabulary)
-    return TrainingEvaluation(
-        load_evaluator(args.evaluator_checkpoint, accelerator.device),
-        condition_sets,
-        args.output_dir,
-        num_inference_steps=args.validation_inference_steps,
-        guidance_scale=args.validation_guidance_scale,
-        seed=args.seed,
-        batch_size=args.train_batch_size,
-        keep_previous_best=bool(args.resume_from_checkpoint),
-    )

@@ -8,7 +8,8 @@ diffusers 0.42's remote-code loading (pipelines/pipeline_loading_utils.py, utils
     it, because diffusers copies them along into its module cache;
   * a custom component from `"unet": ["conditional_unet", "ConditionalUNet2DModel"]` with `unet/conditional_unet.py`
     beside the weights. unet/config.json keeps `"_class_name": "ConditionalUNet2DModel"`: it is compared with the
-    class's bare name only.
+    class's bare name only; its `"auto_map": {"AutoModel": "conditional_unet.ConditionalUNet2DModel"}` lets
+    `AutoModel.from_pretrained(folder/unet, trust_remote_code=True)` load the model alone.
 `DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)` then imports that code from copies in
 HF_MODULES_CACHE ($HF_HOME/modules/diffusers_modules/).
 
@@ -123,6 +124,18 @@ def _check_hub_loadable(index: dict[str, Any], model_dir: Path) -> None:
             )
 
 
+def _name_auto_class(component_dir: Path, module: str, class_name: str) -> None:
+    """Writes config.json's `auto_map`, through which `diffusers.AutoModel.from_pretrained(component_dir,
+    trust_remote_code=True)` finds a custom model's class (a folder saved before the model wrote it lacks it)."""
+    config_file = component_dir / "config.json"
+    if not config_file.is_file():  # not a model (a custom scheduler has scheduler_config.json)
+        return
+    config = _read_json_object(config_file, "the component's config")
+    auto_map = {**config.get("auto_map", {}), "AutoModel": f"{module}.{class_name}"}
+    if config.get("auto_map") != auto_map:  # unchanged files stay byte-identical
+        config_file.write_text(json.dumps({**config, "auto_map": auto_map}, indent=2, sort_keys=True) + "\n")
+
+
 def make_self_describing(model_dir: str | Path) -> Path:
     """Rewrites a saved ICLEVRPipeline folder in place so that plain diffusers can load it anywhere.
 
@@ -145,6 +158,7 @@ def make_self_describing(model_dir: str | Path) -> Path:
         if not (model_dir / name).is_dir():
             raise ExportError(f"{model_dir} has no {name}/ folder for its {name!r} component; re-save the pipeline")
         _copy_code(CODE_DIR / f"{module}.py", model_dir / name)
+        _name_auto_class(model_dir / name, module, class_name)
         index[name] = [module, class_name]
     _check_hub_loadable(index, model_dir)
     _copy_code(PIPELINE_FILE, model_dir)

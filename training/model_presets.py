@@ -55,6 +55,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 _EMA_KEYS = frozenset(
     {"decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power"}
 )
+# A saved model's config.json names its class for diffusers' AutoModel; that is not an argument either.
+_NOT_ARGUMENTS = _EMA_KEYS | {"auto_map"}
 _INIT_KEYS = [
     name for name in inspect.signature(ConditionalUNet2DModel.__init__).parameters if name not in ("self",)
 ]
@@ -78,7 +80,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
             f"{config_file} configures a {class_name}; this project needs a ConditionalUNet2DModel config"
         )
     # Keys like _class_name/_diffusers_version are bookkeeping, not arguments.
-    config = {key: value for key, value in config.items() if not key.startswith("_") and key not in _EMA_KEYS}
+    config = {key: value for key, value in config.items() if not key.startswith("_") and key not in _NOT_ARGUMENTS}
     for key in config:
         if key not in _INIT_KEYS:
             raise ModelConfigError(

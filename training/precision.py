@@ -1,5 +1,5 @@
-"""The fast path: on GPUs TF32 matmuls and convolutions, fused AdamW and the channels_last memory format; on CPUs
-enough threads.
+"""The fast path on GPUs: TF32 matmuls and convolutions, fused AdamW and the channels_last memory format (the CPU's
+thread count is training/cpu_threads.py's concern).
 
 Mixed precision (`--mixed_precision bf16|fp16`) is Accelerate's autocast (and, for fp16, its GradScaler), and
 `--torch_compile` is Accelerate's dynamo backend: this module only holds what Accelerate does not set up.
@@ -9,7 +9,6 @@ Mixed precision (`--mixed_precision bf16|fp16`) is Accelerate's autocast (and, f
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -48,24 +47,3 @@ def apply_memory_format(model: torch.nn.Module, channels_last: bool) -> torch.nn
     bf16/fp16. Saving is unaffected: Accelerate and diffusers write contiguous copies.
     """
     return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def cpu_thread_warning(device: torch.device) -> str | None:
-    """What to do when CPU training runs on fewer threads than its share of the cores, else None.
-
-    `accelerate launch` exports OMP_NUM_THREADS=1 unless given --num_cpu_threads_per_process (or --cpu), which on a
-    CPU machine leaves all cores but one idle (2-core CPU, `cpu` preset, 32x32, bf16: median 65.9 images/s on one
-    thread, 79.0 on two).
-    """
-    if device.type != "cpu":
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    share = cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
-    threads = torch.get_num_threads()
-    if threads >= share:
-        return None
-    return (
-        f"training on CPU with {threads} thread(s) per process while this machine's {cores} cores allow {share}; "
-        f"`accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise: launch with "
-        f"`accelerate launch --num_cpu_threads_per_process {share} ...` to use them"
-    )

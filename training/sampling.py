@@ -6,14 +6,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 
 from pipeline import ICLEVRPipeline, LabelVocabulary
-
-# Pixel-space sampling clips each step's x0 prediction to the image range [-1, 1] (dynamic thresholding capped at
-# 1.0 is exactly that clip). Without it DPM-Solver++ turns an imperfect epsilon at high noise into pure noise.
-X0_CLIPPING = {"thresholding": True, "sample_max_value": 1.0}
+from training.samplers import default_scheduler
 
 # Fixed label lists for the validation grid; the first is the course's denoising-process example.
 VALIDATION_LABELS = (
@@ -37,11 +34,8 @@ def validation_label_lists(vocabulary: LabelVocabulary) -> list[list[str]]:
 def build_pipeline(
     model: torch.nn.Module, noise_scheduler: DDPMScheduler, vocabulary: LabelVocabulary
 ) -> ICLEVRPipeline:
-    """The inference pipeline for a training model, with DPM-Solver++ (25 steps) as its fast default sampler."""
-    scheduler = DPMSolverMultistepScheduler.from_config(
-        noise_scheduler.config, algorithm_type="dpmsolver++", **X0_CLIPPING
-    )
-    pipeline = ICLEVRPipeline(unet=model, scheduler=scheduler, labels=vocabulary.labels)
+    """The inference pipeline for a training model, saved with the default sampler (training/samplers.py)."""
+    pipeline = ICLEVRPipeline(unet=model, scheduler=default_scheduler(noise_scheduler.config), labels=vocabulary.labels)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

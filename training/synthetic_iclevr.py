@@ -1,7 +1,8 @@
 """A synthetic i-CLEVR: CLEVR-like scenes drawn with numpy, written in the real i-CLEVR folder layout.
 
 Every scene holds three objects on a grey floor and is drawn three times, adding one object each time, exactly
-like i-CLEVR (`CLEVR_train_%06d_0.png` shows one object, `_1` two, `_2` three). The drawing is a small analytic
+like i-CLEVR (`CLEVR_train_%06d_0.png` shows one object, `_1` two, `_2` three). `objects_per_scene` up to 5 draws
+fuller scenes the same way (1 to 5 objects, like the renders the course's evaluator was trained on). The drawing is a small analytic
 renderer: a pinhole camera looking down at the floor, solids shaded by one light, anti-aliased with signed
 distances evaluated only inside each object's bounding box. Everything is seeded from (seed, scene index), so any
 number of worker processes gives byte-identical files.
@@ -33,7 +34,8 @@ WIDTH, HEIGHT = 320, 240
 # Part of the built-in render's cache folder name: bump it whenever a change alters the rendered images or labels,
 # so that caches made by an older renderer are not reused as if they were this one's.
 RENDERER_VERSION = 1
-OBJECTS_PER_SCENE = 3
+OBJECTS_PER_SCENE = 3  # i-CLEVR's training scenes
+MAX_OBJECTS_PER_SCENE = 5  # the most the floor holds readably at 64x64 (the course evaluator saw 1-5)
 NUM_CONDITIONS = 32  # label lists in test.json and new_test.json, like the real files
 IMAGE_NAME = "CLEVR_train_{scene:06d}_{step}.png"
 
@@ -130,12 +132,12 @@ def _contains_held_out(labels: Sequence[str], held_out: Sequence[Sequence[str]])
     return any(present.issuperset(combination) for combination in held_out)
 
 
-def sample_scene(seed: int, scene_index: int) -> list[SceneObject]:
-    """Scene `scene_index` of the dataset seeded with `seed`: three objects in the order they are added."""
+def sample_scene(seed: int, scene_index: int, objects_per_scene: int = OBJECTS_PER_SCENE) -> list[SceneObject]:
+    """Scene `scene_index` of the dataset seeded with `seed`: its objects in the order they are added."""
     rng = np.random.default_rng([seed, 0, scene_index])  # per scene, so worker order never matters
     held_out = held_out_combinations(seed)
     while True:
-        labels = [DEFAULT_LABELS[i] for i in rng.choice(len(DEFAULT_LABELS), OBJECTS_PER_SCENE, replace=False)]
+        labels = [DEFAULT_LABELS[i] for i in rng.choice(len(DEFAULT_LABELS), objects_per_scene, replace=False)]
         if not _contains_held_out(labels, held_out):
             break
     while True:  # place the objects one by one; start over in the rare case the floor gets too crowded
@@ -149,9 +151,9 @@ def sample_scene(seed: int, scene_index: int) -> list[SceneObject]:
             return objects
 
 
-def sample_scenes(num_scenes: int, seed: int) -> list[list[SceneObject]]:
+def sample_scenes(num_scenes: int, seed: int, objects_per_scene: int = OBJECTS_PER_SCENE) -> list[list[SceneObject]]:
     """The first `num_scenes` scenes of the dataset seeded with `seed` (data only: labels, sizes, positions)."""
-    return [sample_scene(seed, index) for index in range(num_scenes)]
+    return [sample_scene(seed, index, objects_per_scene) for index in range(num_scenes)]
 
 
 def _place(rng: np.random.Generator, label: str, others: list[SceneObject]) -> SceneObject | None:
@@ -439,10 +441,10 @@ def render_scene(objects: Sequence[SceneObject]) -> Image.Image:
 # ---------------------------------------------------------------------------------------------------- dataset
 
 
-def _render_scene_files(job: tuple[int, int, str]) -> list[tuple[str, list[str]]]:
-    """Worker: draws one scene's three images into `folder`; returns (file name, labels) per image."""
-    seed, scene_index, folder = job
-    objects = sample_scene(seed, scene_index)
+def _render_scene_files(job: tuple[int, int, int, str]) -> list[tuple[str, list[str]]]:
+    """Worker: draws one scene's images (one more object each) into `folder`; returns (file name, labels) per image."""
+    seed, scene_index, objects_per_scene, folder = job
+    objects = sample_scene(seed, scene_index, objects_per_scene)
     rows = []
     for step in range(len(objects)):
         name = IMAGE_NAME.format(scene=scene_index, step=step)
@@ -479,8 +481,10 @@ def render_dataset(
     num_workers: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    objects_per_scene: int = OBJECTS_PER_SCENE,
 ) -> dict[str, float]:
-    """Renders `num_scenes` scenes (3 images each) into `output_dir` in the real i-CLEVR layout.
+    """Renders `num_scenes` scenes (`objects_per_scene` images each, 1 to that many objects) into `output_dir` in
+    the real i-CLEVR layout.
 
     Writes train.json, objects.json, test.json, new_test.json and iclevr/*.png into a temporary sibling folder
     and renames it at the end, so an interrupted run never leaves a folder that looks complete. Returns
@@ -490,6 +494,8 @@ def render_dataset(
         raise ValueError(f"num_scenes must be a positive integer (the default is 6003), got {num_scenes!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not 1 <= objects_per_scene <= MAX_OBJECTS_PER_SCENE:
+        raise ValueError(f"objects_per_scene must be between 1 and {MAX_OBJECTS_PER_SCENE}, got {objects_per_scene!r}")
     num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
@@ -504,11 +510,11 @@ def render_dataset(
     (partial / "iclevr").mkdir()
     start = time.perf_counter()
     try:
-        jobs = [(seed, index, str(partial / "iclevr")) for index in range(num_scenes)]
+        jobs = [(seed, index, objects_per_scene, str(partial / "iclevr")) for index in range(num_scenes)]
         train: dict[str, list[str]] = {}
         with contextlib.ExitStack() as stack:
             bar = stack.enter_context(
-                tqdm(total=num_scenes * OBJECTS_PER_SCENE, unit="img", desc="rendering", disable=not progress)
+                tqdm(total=num_scenes * objects_per_scene, unit="img", desc="rendering", disable=not progress)
             )
             if num_workers == 1:
                 results = map(_render_scene_files, jobs)

@@ -55,6 +55,22 @@ def init_trackers(
         (output_dir / WANDB_RUN_ID_FILE).write_text(accelerator.get_tracker("wandb", unwrap=True).id + "\n")
 
 
+def logged_scalars(output_dir: str | Path, tag: str, *, logging_dir: str = "logs",
+                   project: str = "iclevr-ddpm") -> dict[int, float]:
+    """{step: value} of one scalar a run logged to TensorBoard under output_dir/logging_dir/project (every event
+    file there, oldest first: a run resumed in the same folder adds one).
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: dict[int, float] = {}
+    for events in sorted((Path(output_dir) / logging_dir / project).glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})  # 0: keep every step
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values.update({event.step: event.value for event in accumulator.Scalars(tag)})
+    return values
+
+
 def log_images(
     accelerator: Accelerator, key: str, images: Sequence[Image.Image], captions: Sequence[str], step: int
 ) -> None:

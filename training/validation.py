@@ -13,7 +13,9 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 
 from pipeline import ICLEVRPipeline, LabelVocabulary
-from training.evaluation import TrainingEvaluation, image_generator, image_grid
+from training.evaluation import image_generator
+from training.figures import image_grid
+from training.training_evaluation import TrainingEvaluation
 from training.sampling import build_pipeline, ema_weights, validation_label_lists
 from training.tracking import log_images
 

@@ -39,7 +39,12 @@ def register_ema_checkpointing(accelerator: Accelerator, ema: EMAModel) -> None:
 
     def save(models: list, weights: list, output_dir: str) -> None:
         if accelerator.is_main_process:
-            ema.save_pretrained(str(Path(output_dir) / EMA_FOLDER))
+            folder = Path(output_dir) / EMA_FOLDER
+            ema.save_pretrained(str(folder))
+            # The model's save_pretrained copies its source file beside the weights, for AutoModel's remote code;
+            # a checkpoint holds data only.
+            for code in folder.glob("*.py"):
+                code.unlink()
 
     def load(models: list, input_dir: str) -> None:
         folder = Path(input_dir) / EMA_FOLDER

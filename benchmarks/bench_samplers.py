@@ -34,10 +34,10 @@ from training.evaluation import (
     default_condition_files,
     evaluate_pipeline,
     load_condition_sets,
-    load_pipeline,
     resolve_condition_files,
 )
 from training.evaluator import load_evaluator
+from training.pipeline_loading import load_pipeline
 from training.samplers import SamplerError, parse_sampler, set_sampler
 
 SHARED_ICLEVR = Path(__file__).resolve().parents[2] / "shared" / "iclevr"

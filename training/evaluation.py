@@ -8,7 +8,6 @@ own — by another batch size or another process — and the records merged once
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,15 +22,16 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pipeline import ICLEVRPipeline, LabelVocabulary
+from pipeline import LabelVocabulary
 from training.data import builtin_synthetic_dir, load_condition_file
+from training.errors import UserError
 from training.evaluator import classify, evaluation_metrics
 from training.seeding import derived_generator
 
 CONDITION_FILE_NAMES = ("test.json", "new_test.json")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """A setting or input the evaluation cannot use."""
 
 
@@ -44,47 +44,6 @@ class Evaluation:
 
 
 # ------------------------------------------------------------------------------------------------ set-up
-
-
-def load_pipeline(
-    name_or_path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> DiffusionPipeline:
-    """A local folder saved with this repo's classes loads with `ICLEVRPipeline`; a Hub id, or a folder that ships
-    its own pipeline code, loads through `DiffusionPipeline` with that code (`trust_remote_code=True`).
-    """
-    folder = Path(name_or_path).expanduser()
-    try:
-        if (folder / "model_index.json").is_file():
-            if _saved_with_local_classes(folder):
-                pipeline = ICLEVRPipeline.from_pretrained(folder, dtype=dtype)
-            else:
-                pipeline = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, trust_remote_code=True)
-        elif folder.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-            raise EvaluationError(
-                f"--pipeline {name_or_path}: no pipeline there (no model_index.json); give a training "
-                "--output_dir or a Hub id like user/iclevr-ddpm"
-            )
-        else:
-            pipeline = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=True)
-    except OSError as error:
-        # diffusers' message points at a stack trace that this one-line error does not print.
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        reason = reason.replace(" Please check out the root cause in the stacktrace above.", "")
-        raise EvaluationError(
-            f"cannot load the pipeline {name_or_path!r} (no local folder with model_index.json, so a Hub id): {reason}"
-        ) from None
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(device)
-
-
-def _saved_with_local_classes(folder: Path) -> bool:
-    """True when model_index.json names this repo's `pipeline` package for the unet, False for shipped code."""
-    index_file = folder / "model_index.json"
-    try:
-        unet_entry = json.loads(index_file.read_text()).get("unet", [None])
-    except (json.JSONDecodeError, AttributeError):
-        raise EvaluationError(f"{index_file} is not a diffusers model_index.json") from None
-    return bool(unet_entry) and str(unet_entry[0]).startswith("pipeline.")
 
 
 def resolve_condition_files(paths: Sequence[str | Path]) -> dict[str, Path]:

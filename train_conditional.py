@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from accelerate import Accelerator
@@ -30,18 +31,21 @@ from tqdm.auto import tqdm
 
 from pipeline import ConditionalUNet2DModel
 from training.args import parse_args
-from training.checkpointing import checkpoint_step, resolve_resume_checkpoint, save_checkpoint
+from training.checkpointing import checkpoint_signature, checkpoint_step, load_checkpoint, save_checkpoint
 from training.data import load_training_set
-from training.distributed import LaunchError, check_one_distributed_run, parameter_checksum
+from training.cpu_threads import CpuThreads
+from training.distributed import check_one_distributed_run, parameter_checksum
+from training.ema_state import register_ema_checkpointing
+from training.errors import one_line_errors
 from training.figures import denoising_figure, image_grid
 from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss, timestep_weights
-from training.cpu_threads import CpuThreads
 from training.precision import apply_memory_format, create_optimizer, enable_tf32
+from training.preflight import check_before_training
 from training.run_record import data_source, summary_line, trained_record
 from training.sampling import build_pipeline
-from training.stability import NonFiniteGuard, TrainingDivergedError
+from training.stability import NonFiniteGuard
 from training.training_evaluation import load_training_evaluation
 from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
 from training.validation import Validation
@@ -61,9 +65,11 @@ def main(args: argparse.Namespace) -> None:
         # Accelerate compiles the model last in prepare(), around the DDP wrapper; None keeps the launch config's.
         dynamo_backend="inductor" if args.torch_compile else None,
     )
+    check_one_distributed_run(accelerator)
+    # Everything the flags alone reveal fails here, in one line, before any heavy work; and the checkpoint to resume.
+    checkpoint = check_before_training(args, accelerator)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
-    check_one_distributed_run(accelerator)
     set_seed(args.seed)
     tf32 = enable_tf32(accelerator.device)
     # On CPU: all cores while the machine is otherwise idle, fewer while other processes are busy.
@@ -91,6 +97,7 @@ def main(args: argparse.Namespace) -> None:
     # --- model, noise schedule, EMA, optimiser
     model = create_model(args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary))
     model = apply_memory_format(model, args.channels_last)
+    signature = checkpoint_signature(args, model)  # recorded in every checkpoint; a resume must match it
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
         prediction_type=args.prediction_type,
@@ -127,20 +134,16 @@ def main(args: argparse.Namespace) -> None:
     lr_scheduler = accelerator.prepare(lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+        register_ema_checkpointing(accelerator, ema)  # unet_ema/ in safetensors, never a pickle
 
     # --- resume: weights, optimiser, LR schedule, EMA, RNG; then skip the batches this epoch already used
-    global_step, first_epoch, skip_batches, checkpoint = 0, 0, 0, None
-    if args.resume_from_checkpoint:
-        checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-        if checkpoint is None:
-            accelerator.print(f"No checkpoint in {output_dir} to resume from; starting a new run.")
-        else:
-            accelerator.print(f"Resuming from {checkpoint}")
-            accelerator.load_state(str(checkpoint))
-            global_step = checkpoint_step(checkpoint)
-            first_epoch, updates_done = divmod(global_step, updates_per_epoch)
-            skip_batches = updates_done * args.gradient_accumulation_steps
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        load_checkpoint(accelerator, checkpoint)
+        global_step = checkpoint_step(checkpoint)
+        first_epoch, updates_done = divmod(global_step, updates_per_epoch)
+        skip_batches = updates_done * args.gradient_accumulation_steps
 
     images_per_update = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     # How this launch trains, as resolved from the flags and the launch: in output_dir/run_info.json, and over
@@ -241,8 +244,9 @@ def main(args: argparse.Namespace) -> None:
             progress.update(1)
             progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}")
 
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            # Not while steps are skipped: the weights may have blown up, and the checkpoint would become "latest".
+            if global_step % args.checkpointing_steps == 0 and not step_skipped:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
             if global_step % args.validation_steps == 0 or global_step == max_train_steps:
                 validation(model, ema, global_step)  # and at the end: the final weights are scored too
             tick = time.perf_counter()  # saving and validation are not training time
@@ -294,8 +298,11 @@ def main(args: argparse.Namespace) -> None:
     ))  # fmt: skip
 
 
+def run(argv: Sequence[str] | None = None) -> None:
+    """The command line: every mistake ends in one `error: ...` line and exit status 1, checked early if it can be."""
+    with one_line_errors():
+        main(parse_args(argv))
+
+
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (LaunchError, TrainingDivergedError) as error:
-        raise SystemExit(f"error: {error}") from None
+    run()

@@ -37,7 +37,7 @@ from training.evaluation import (
     resolve_condition_files,
 )
 from training.evaluator import load_evaluator
-from training.inference import load_pipeline
+from training.pipeline_loading import load_pipeline
 from training.samplers import SamplerError, parse_sampler, set_sampler
 
 SHARED_ICLEVR = Path(__file__).resolve().parents[2] / "shared" / "iclevr"

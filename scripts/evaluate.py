@@ -17,11 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import argparse
 import json
 
-from pipeline import LabelError
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
-from training.cli import positive_int
+from training.cli import ArgumentParser, check_writable, non_negative_int, positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
-from training.data import DataError
 from training.evaluation import (
     EvaluationError,
     evaluate_pipeline,
@@ -29,17 +27,19 @@ from training.evaluation import (
     load_condition_sets,
     resolve_condition_files,
 )
-from training.evaluator import EvaluatorError, load_evaluator
+from training.errors import one_line_errors
+from training.evaluator import load_evaluator
 from training.figures import denoising_figure, image_grid
-from training.inference import DTYPES, PipelineLoadingError, load_pipeline, resolve_device
-from training.samplers import SAMPLERS, SamplerError, parse_sampler, sampler_name, set_sampler
+from training.inference import DTYPES, resolve_device
+from training.pipeline_loading import load_pipeline
+from training.samplers import SAMPLERS, parse_sampler, sampler_name, set_sampler
 from training.sampling import validation_label_lists
 
 DENOISING_FRAMES = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="A saved pipeline folder (training --output_dir) or Hub id.")
     parser.add_argument("--conditions", action="extend", nargs="+", required=True, metavar="FILE",
                         help="test.json-style condition files (a JSON list of label lists); repeat for several.")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "ddim,eta=1); default: the one the pipeline was saved with.")
     parser.add_argument("--num_inference_steps", type=positive_int, default=25)
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated at once.")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
@@ -64,6 +64,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     sampler = parse_sampler(args.scheduler) if args.scheduler else None
     condition_files = resolve_condition_files(args.conditions)
     device = resolve_device(args.device)
+    check_writable(args.output_dir, "--output_dir")
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
     evaluator = load_evaluator(args.evaluator_checkpoint, device)
 
@@ -108,11 +109,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
+    with one_line_errors():
+        args = build_parser().parse_args(argv)
         report = evaluate(args)
-    except (EvaluationError, PipelineLoadingError, DataError, LabelError, EvaluatorError, SamplerError) as error:
-        sys.exit(f"error: {error}")
     print(format_table(report))
     print(f"report, grids and denoising_process.png written to {args.output_dir}")
 

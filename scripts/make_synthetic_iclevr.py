@@ -12,6 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout; no install step
 
+from training.cli import ArgumentParser, check_writable  # noqa: E402
+from training.errors import one_line_errors  # noqa: E402
 from training.synthetic_iclevr import MAX_OBJECTS_PER_SCENE, OBJECTS_PER_SCENE, render_dataset, save_preview  # noqa: E402
 
 
@@ -29,7 +31,7 @@ def _at_least(minimum: int):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, required=True, help="folder to create (must be new or empty)")
     parser.add_argument("--num_scenes", type=_at_least(1), default=6003,
                         help="scenes to draw; one image per object (1, 2, 3 objects by default)")
@@ -53,7 +55,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    with one_line_errors():
+        args = parse_args(argv)
+        check_writable(args.output_dir.parent, "--output_dir")  # the render is written beside it, then renamed
+        if args.preview is not None:
+            check_writable(args.preview.parent, "--preview")
+        _render(args)
+
+
+def _render(args: argparse.Namespace) -> None:
     stats = render_dataset(
         args.output_dir,
         num_scenes=args.num_scenes,

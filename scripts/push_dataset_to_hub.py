@@ -13,12 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout; no install step
 
-from training.data import DataError  # noqa: E402
-from training.hub import HubError, push_dataset_to_hub  # noqa: E402
+from training.cli import ArgumentParser  # noqa: E402
+from training.errors import one_line_errors  # noqa: E402
+from training.hub import push_dataset_to_hub  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_data_dir", type=Path, required=True, help="i-CLEVR folder: train.json + images")
     parser.add_argument("--hub_dataset_id", required=True, help="namespace/name of the data set repo")
     parser.add_argument("--hub_private_repo", action="store_true", help="create the repo as private (new repos only)")
@@ -27,13 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
+    with one_line_errors():
+        args = parse_args(argv)
         commit = push_dataset_to_hub(
             args.train_data_dir, args.hub_dataset_id, private=args.hub_private_repo, revision=args.hub_revision
         )
-    except (DataError, HubError) as error:
-        sys.exit(f"error: {error}")
     print(f"pushed -> {commit.commit_url}")
     print(f"train from it with: accelerate launch train_conditional.py --dataset_name {args.hub_dataset_id}")
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout; no install step
 
-from training.export import ExportError, export_pipeline  # noqa: E402
-from training.hub import HubError, push_pipeline_to_hub  # noqa: E402
+from training.cli import ArgumentParser, check_writable  # noqa: E402
+from training.errors import one_line_errors  # noqa: E402
+from training.export import export_pipeline  # noqa: E402
+from training.hub import push_pipeline_to_hub  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", type=Path, required=True, help="the --output_dir of a finished training run")
     parser.add_argument(
         "--hub_model_id", default=None, help="namespace/name of the model repo; leave out to only export"
@@ -47,8 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
+    with one_line_errors():
+        args = parse_args(argv)
+        if args.export_dir is not None:
+            check_writable(args.export_dir.parent, "--export_dir")  # the export is written beside it
         if args.hub_model_id is None:
             folder = export_pipeline(args.model_dir, args.export_dir, evaluation_report=args.evaluation_report)
             print(f"exported -> {folder}")
@@ -63,8 +67,6 @@ def main(argv: list[str] | None = None) -> None:
             export_dir=args.export_dir,
             evaluation_report=args.evaluation_report,
         )
-    except (ExportError, HubError) as error:
-        sys.exit(f"error: {error}")
     print(f"pushed -> {commit.commit_url}")
     print(
         f"load it with DiffusionPipeline.from_pretrained({args.hub_model_id!r}, trust_remote_code=True, "

@@ -36,12 +36,21 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from pipeline.vocabulary import COLOURS, SHAPES, LabelVocabulary
-from training.cli import fraction, positive_int
+from training.cli import (
+    ArgumentParser,
+    FlagError,
+    check_writable,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError, builtin_synthetic_dir, load_training_set, vocabulary_for
+from training.errors import one_line_errors
 from training.evaluator import (
     EVALUATOR_RESOLUTION,
-    EvaluatorError,
     build_evaluator,
     evaluation_metrics,
     save_evaluator,
@@ -58,7 +67,7 @@ LOW_RESOLUTION = 32  # a 32x32 model's output, which the evaluator upsamples to 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_path", type=Path, required=True, help="Where to write the checkpoint (.pth).")
 
     data = parser.add_argument_group("data (default: synthetic i-CLEVR renders that the diffusion model never sees)")
@@ -77,11 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic_objects_per_scene", type=int, choices=range(1, MAX_OBJECTS_PER_SCENE + 1),
                       default=MAX_OBJECTS_PER_SCENE, metavar=f"1..{MAX_OBJECTS_PER_SCENE}",
                       help="Objects in a full synthetic scene; its images show 1 to that many (the course's: 5).")
-    data.add_argument("--synthetic_seed", type=int, default=1234,
+    data.add_argument("--synthetic_seed", type=non_negative_int, default=1234,
                       help="First seed of the synthetic training renders (the diffusion model's data is seed 0).")
     data.add_argument("--validation_scenes", type=positive_int, default=600,
                       help="Synthetic validation scenes (one image per object).")
-    data.add_argument("--validation_seed", type=int, default=4321,
+    data.add_argument("--validation_seed", type=non_negative_int, default=4321,
                       help="First seed of the synthetic validation renders.")
     data.add_argument("--cache_dir", type=str, default=None,
                       help="Where renders and resized images are cached (default: $ICLEVR_CACHE or ~/.cache).")
@@ -92,13 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"Share of training images shown as {LOW_RESOLUTION}x{LOW_RESOLUTION} renders upsampled "
                             "to 64x64 (the course evaluator's input); the rest at native 64x64.")
     optim.add_argument("--batch_size", type=positive_int, default=128)
-    optim.add_argument("--learning_rate", type=float, default=2e-3, help="Peak AdamW learning rate (cosine decay).")
-    optim.add_argument("--weight_decay", type=float, default=0.05)
-    optim.add_argument("--warmup_steps", type=int, default=200)
+    optim.add_argument("--learning_rate", type=positive_float, default=2e-3,
+                       help="Peak AdamW learning rate (cosine decay).")
+    optim.add_argument("--weight_decay", type=non_negative_float, default=0.05)
+    optim.add_argument("--warmup_steps", type=non_negative_int, default=200)
     optim.add_argument("--mixed_precision", choices=("no", "bf16"), default="no",
                        help="bf16 autocast (works on CPU too); the checkpoint is always saved in float32.")
     optim.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation.")
-    optim.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")
+    optim.add_argument("--num_workers", type=non_negative_int, default=0, help="DataLoader worker processes.")
     optim.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
     add_cpu_threads_argument(optim)
     return parser
@@ -256,14 +266,29 @@ def predict(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    with one_line_errors():
+        return train_evaluator(build_parser().parse_args(argv))
+
+
+def check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FlagError(f"--device {name!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FlagError("--device cuda was given but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def train_evaluator(args: argparse.Namespace) -> dict:
     if args.train_data_dir is not None and args.dataset_name is not None:
         raise SystemExit("error: give --train_data_dir or --dataset_name, not both")
     if args.output_path.is_dir():
         raise SystemExit(f"error: --output_path {args.output_path} is a folder; give a file path like checkpoint.pth")
     if not 0.0 <= args.low_resolution_fraction <= 1.0:
         raise SystemExit(f"error: --low_resolution_fraction must be between 0 and 1, got {args.low_resolution_fraction}")
-    device = torch.device(args.device)
+    check_writable(args.output_path.parent, "--output_path")  # before training, not after
+    device = check_device(args.device)
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
     torch.manual_seed(args.seed)
 
@@ -338,7 +363,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, EvaluatorError) as error:
-        raise SystemExit(f"error: {error}") from None
+    main()

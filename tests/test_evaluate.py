@@ -25,8 +25,10 @@ from training.evaluator import build_evaluator, load_evaluator, save_evaluator
 from training.figures import denoising_figure
 from training.inference import load_pipeline
 from training.model_presets import create_model
+from training.pipeline_loading import load_pipeline
 from training.samplers import DEFAULT_SAMPLER, set_sampler
 from training.sampling import build_pipeline
+from training.training_evaluation import TrainingEvaluation
 from training_runs import launch_training
 
 SIZE = 32
@@ -226,6 +228,17 @@ def test_training_keeps_the_best_pipeline_with_its_step_and_accuracies(training_
     assert info["step"] in (1, 2)
     assert set(info["accuracy"]) == {"small", "nine"} and 0.0 <= info["mean_accuracy"] <= 1.0
     assert load_pipeline(str(best)).vocabulary == LabelVocabulary()
+    assert not list(training_run.glob(".best.tmp-*"))  # written beside best/ and swapped in
+
+
+def test_a_resumed_run_whose_best_json_does_not_read_starts_the_best_over(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text("{cut short")
+
+    evaluation = TrainingEvaluation(build_evaluator(), {}, tmp_path, num_inference_steps=1, guidance_scale=1.0,
+                                    seeds=[0], batch_size=1, keep_previous_best=True)  # fmt: skip
+
+    assert evaluation.best_accuracy == -1.0  # the next evaluation replaces best/
 
 
 def test_training_logs_the_accuracy_per_condition_file_to_tensorboard(training_run):

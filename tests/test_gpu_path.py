@@ -22,12 +22,11 @@ from training.model_presets import create_model
 from training.precision import create_optimizer, enable_tf32
 from training.stability import MAX_CONSECUTIVE_SKIPPED_STEPS, NonFiniteGuard, TrainingDivergedError
 from training.tracking import logged_scalars
-from training_runs import launch_training
+from training_runs import launch_training, train_in_process
 
 TINY = ["--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "4",
         "--validation_inference_steps", "1", "--report_to", "tensorboard"]  # fmt: skip
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def diverging_run(tiny_iclevr_dir, tmp_path_factory) -> tuple[Path, subprocess.C
     output_dir = tmp_path_factory.mktemp("diverging") / "run"
     result = launch_training(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
                     "--max_train_steps", "40", "--learning_rate", "1e30", "--lr_scheduler", "constant",
-                    "--lr_warmup_steps", "0", "--checkpointing_steps", "5", "--validation_steps", "100",
+                    "--lr_warmup_steps", "0", "--checkpointing_steps", "1", "--validation_steps", "100",
                     check=False)  # fmt: skip
     return output_dir, result
 
@@ -104,15 +103,23 @@ def test_a_diverging_run_stops_with_a_one_line_error_after_repeated_skipped_step
     assert not (output_dir / "model_index.json").exists()
 
 
-def test_skipped_steps_leave_the_weights_finite(diverging_run):
+def test_skipped_steps_leave_the_weights_as_they_were(diverging_run, tiny_iclevr_dir, tmp_path):
     output_dir, _ = diverging_run
     grad_norms = logged_scalars(output_dir, "grad_norm")
-    weights = load_file(output_dir / "checkpoint-10" / "model.safetensors")
+    before = load_file(output_dir / "checkpoint-1" / "model.safetensors")  # the last step that was not skipped
+    # No checkpoint is written while steps are skipped (below), so resume and end the run after two skipped steps:
+    # the saved pipeline then holds the weights those steps left.
+    train_in_process(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path / "resumed"),
+                     "--max_train_steps", "3", "--learning_rate", "1e30", "--lr_scheduler", "constant",
+                     "--lr_warmup_steps", "0", "--validation_steps", "100",
+                     "--resume_from_checkpoint", str(output_dir / "checkpoint-1"))  # fmt: skip
+    after = load_file(tmp_path / "resumed" / "unet" / "diffusion_pytorch_model.safetensors")
 
     assert math.isfinite(grad_norms[1])
     assert all(math.isnan(grad_norms[step]) for step in range(2, 11))
     # An AdamW step with NaN gradients would have made them NaN.
-    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+    assert all(torch.isfinite(tensor).all() for tensor in before.values())
+    assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +191,10 @@ def test_under_fp16_the_guard_leaves_the_step_to_the_grad_scaler_and_counts_its_
     assert guard.record(1, 0.5, inf) is True
     with pytest.raises(TrainingDivergedError):
         guard.record(2, 0.5, inf)
+
+
+def test_no_checkpoint_is_written_while_steps_are_skipped(diverging_run):
+    output_dir, result = diverging_run
+
+    assert "step 2: non-finite loss or gradient" in result.stderr  # every later step is skipped too
+    assert [p.name for p in output_dir.glob("checkpoint-*")] == ["checkpoint-1"]  # "latest" stays before them

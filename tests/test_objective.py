@@ -76,7 +76,7 @@ def test_min_snr_weighting_changes_the_loss_of_the_same_draws():
     [
         (["--prediction_type", "v"], "invalid choice: 'v'"),
         (["--snr_gamma", "0"], "must be a positive number or 'none'"),
-        (["--timestep_bias_multiplier", "-1"], "--timestep_bias_multiplier must be positive"),
+        (["--timestep_bias_multiplier", "-1"], "--timestep_bias_multiplier: must be a positive number"),
         (["--timestep_bias_strategy", "range", "--timestep_bias_begin", "500", "--timestep_bias_end", "100"],
          "0 <= begin < end"),
         (["--evaluation_seeds", "0", "1"], "--evaluation_seeds needs --evaluator_checkpoint"),
@@ -102,7 +102,7 @@ def v_prediction_run(tiny_iclevr_dir, tmp_path_factory):
 
 
 def test_by_default_the_saved_scheduler_and_every_sampler_built_from_it_predict_v(v_prediction_run):
-    from training.inference import load_pipeline
+    from training.pipeline_loading import load_pipeline
     from training.samplers import SAMPLERS, set_sampler
 
     config = json.loads((v_prediction_run / "scheduler" / "scheduler_config.json").read_text())

@@ -150,8 +150,8 @@ def test_cli_refuses_a_non_empty_output_dir(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
         import_script("make_synthetic_iclevr").main(["--output_dir", str(tmp_path), "--num_scenes", "1"])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 1
+    [error] = capsys.readouterr().err.strip().splitlines()
     assert "is not empty" in error and "--overwrite" in error
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from training.args import parse_args
-from training.checkpointing import CheckpointError, resolve_resume_checkpoint
 from training.cpu_threads import physical_cores
 from training.tracking import logged_scalars
 from training_runs import launch_training
@@ -52,10 +51,10 @@ def test_training_keeps_only_the_newest_checkpoints(tiny_run):
     assert sorted(p.name for p in tiny_run.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
 
 
-def test_checkpoint_holds_model_optimizer_scheduler_ema_and_rng_state(tiny_run):
-    files = {p.name for p in (tiny_run / "checkpoint-8").iterdir()}
-    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl",
-            "random_states_0.pkl"} <= files
+def test_checkpoint_holds_model_optimizer_scheduler_ema_and_rng_state_and_no_custom_pickle(tiny_run):
+    files = {p.relative_to(tiny_run / "checkpoint-8").as_posix() for p in (tiny_run / "checkpoint-8").rglob("*")}
+    assert files == {"checkpoint.json", "model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+                     "unet_ema", "unet_ema/config.json", "unet_ema/diffusion_pytorch_model.safetensors"}
 
 
 def test_validation_writes_a_grid_every_validation_steps(tiny_run):
@@ -137,26 +136,12 @@ def test_ema_and_lr_schedule_step_once_per_optimizer_step_under_gradient_accumul
            "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "100",
            "--validation_inference_steps", "1", "--use_ema", "--report_to", "none")
 
-    ema_state = torch.load(tmp_path / "checkpoint-3" / "custom_checkpoint_0.pkl", weights_only=True)
+    ema_settings = json.loads((tmp_path / "checkpoint-3" / "unet_ema" / "config.json").read_text())
     scheduler_state = torch.load(tmp_path / "checkpoint-3" / "scheduler.bin", weights_only=True)
-    assert ema_state["optimization_step"] == 3
+    assert ema_settings["optimization_step"] == 3
     assert scheduler_state["last_epoch"] == 3
     # 3 steps are no multiple of --validation_steps 100: the final weights are validated all the same.
     assert [p.name for p in (tmp_path / "validation").iterdir()] == ["step-000003.png"]
-
-
-def test_latest_checkpoint_ignores_a_save_that_crashed_midway(tmp_path):
-    (tmp_path / "checkpoint-4").mkdir()
-    (tmp_path / "checkpoint-6.partial").mkdir()  # what a crash during save_state leaves behind
-
-    assert resolve_resume_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-4"
-
-
-def test_resume_from_a_missing_checkpoint_names_the_available_ones(tmp_path):
-    (tmp_path / "checkpoint-4").mkdir()
-
-    with pytest.raises(CheckpointError, match="checkpoint-4"):
-        resolve_resume_checkpoint(str(tmp_path / "checkpoint-5"), tmp_path)
 
 
 def test_a_misspelt_flag_is_refused_with_the_closest_flag(capsys):

@@ -1,11 +1,15 @@
-"""Running `accelerate launch train_conditional.py` from tests; `training.tracking.logged_scalars` reads its logs."""
+"""Running `train_conditional.py` from tests (`accelerate launch`, or in this process for short runs);
+`training.tracking.logged_scalars` reads what it logged."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
+from functools import cache
+from types import ModuleType
 
 import pytest
 
@@ -43,3 +47,25 @@ def launch_training(
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@cache
+def train_conditional() -> ModuleType:
+    """train_conditional.py as a module (its `run(argv)` is the command line)."""
+    spec = importlib.util.spec_from_file_location("train_conditional", REPO_ROOT / "train_conditional.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_in_process(*args: str) -> None:
+    """`train_conditional.py ARGS` in this process, for tiny runs whose launch would cost more than the run: the
+    same code path as a single-process launch, without the launcher. Accelerate's process-wide state is reset after.
+    """
+    from accelerate.state import AcceleratorState
+
+    try:
+        train_conditional().run(list(args))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from diffusers.optimization import SchedulerType
 
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
-from training.cli import ArgumentParser, fraction, positive_float_or_none, positive_int, probability
+from training.cli import (
+    ArgumentParser,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_float_or_none,
+    positive_int,
+    probability,
+)
 from training.cpu_threads import add_cpu_threads_argument
 from training.hub import HubError, check_repo_id
 from training.objective import PREDICTION_TYPES, TIMESTEP_BIAS_STRATEGIES
@@ -33,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--resolution", type=int, default=64, help="Training image size (square; 64 or 32).")
     data.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
     data.add_argument("--train_batch_size", type=positive_int, default=32, help="Batch size per device.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 
     model = parser.add_argument_group("model and diffusion")
     model.add_argument("--model_config_name_or_path", type=str, default="cpu",
@@ -51,33 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--timestep_bias_strategy", choices=TIMESTEP_BIAS_STRATEGIES, default="none",
                        help="Draw some timesteps more often: 'later' the noisiest --timestep_bias_portion, "
                             "'earlier' the least noisy, 'range' [--timestep_bias_begin, --timestep_bias_end).")
-    model.add_argument("--timestep_bias_multiplier", type=float, default=1.0,
+    model.add_argument("--timestep_bias_multiplier", type=positive_float, default=1.0,
                        help="How much more often the biased timesteps are drawn (1.0: no bias).")
     model.add_argument("--timestep_bias_portion", type=fraction, default=0.25)
-    model.add_argument("--timestep_bias_begin", type=int, default=0)
-    model.add_argument("--timestep_bias_end", type=int, default=1000)
+    model.add_argument("--timestep_bias_begin", type=non_negative_int, default=0)
+    model.add_argument("--timestep_bias_end", type=positive_int, default=1000)
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max_train_steps", type=positive_int, default=None,
                        help="Total optimiser steps; overrides --num_train_epochs.")
     optim.add_argument("--num_train_epochs", type=positive_int, default=100)
     optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--learning_rate", type=float, default=2e-4)
+    optim.add_argument("--learning_rate", type=positive_float, default=2e-4)
     optim.add_argument("--lr_scheduler", choices=[t.value for t in SchedulerType], default="cosine")
-    optim.add_argument("--lr_warmup_steps", type=int, default=500)
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.999)
-    optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
+    optim.add_argument("--adam_beta1", type=probability, default=0.9)
+    optim.add_argument("--adam_beta2", type=probability, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-2)
+    optim.add_argument("--adam_epsilon", type=non_negative_float, default=1e-8)
+    optim.add_argument("--max_grad_norm", type=positive_float, default=1.0)
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                        help="Defaults to the Accelerate config's value. bf16 on Ampere+ GPUs and on CPU; fp16 on "
                             "older GPUs (with loss scaling; overflowing steps are skipped).")
     optim.add_argument("--use_ema", action="store_true",
                        help="Keep an EMA of the weights; it is used for validation and the saved pipeline.")
-    optim.add_argument("--ema_max_decay", type=float, default=0.9999)
-    optim.add_argument("--ema_inv_gamma", type=float, default=1.0)
-    optim.add_argument("--ema_power", type=float, default=3 / 4)
+    optim.add_argument("--ema_max_decay", type=probability, default=0.9999)
+    optim.add_argument("--ema_inv_gamma", type=positive_float, default=1.0)
+    optim.add_argument("--ema_power", type=positive_float, default=3 / 4)
 
     speed = parser.add_argument_group("speed (TF32 and fused AdamW are on by themselves on CUDA)")
     # Replaces accelerate's --num_cpu_threads_per_process, whose OMP_NUM_THREADS this script overrides.
@@ -92,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("checkpoints, validation, logging")
     run.add_argument("--output_dir", type=str, default="iclevr-ddpm",
                      help="Where the pipeline, checkpoints (checkpoint-STEP), grids and logs are written.")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=non_negative_int, default=0)
     run.add_argument("--checkpointing_steps", type=positive_int, default=500)
     run.add_argument("--checkpoints_total_limit", type=positive_int, default=None,
                      help="Keep at most this many checkpoints; the oldest are deleted.")
@@ -105,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--evaluator_checkpoint", type=str, default=None,
                      help="An evaluator checkpoint (checkpoint.pth): at every validation, score the EMA model on the "
                           "evaluation conditions, log the accuracy and keep the best pipeline in output_dir/best.")
-    run.add_argument("--evaluation_seeds", type=int, nargs="+", default=None, metavar="SEED",
+    run.add_argument("--evaluation_seeds", type=non_negative_int, nargs="+", default=None, metavar="SEED",
                      help="Seeds of the evaluation (one image per condition per seed; default: --seed).")
     run.add_argument("--evaluation_conditions", type=str, nargs="+", default=None, metavar="FILE",
                      help="Condition files to score (default: test.json and new_test.json of the training folder, "
@@ -153,8 +163,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if wandb_only:
             parser.error(f"{' and '.join(wandb_only)}: W&B only; add --report_to wandb (or all), "
                          f"not {args.report_to}")
-    if args.timestep_bias_multiplier <= 0:
-        parser.error(f"--timestep_bias_multiplier must be positive, got {args.timestep_bias_multiplier}")
+    if math.isinf(args.timestep_bias_multiplier):
+        parser.error("--timestep_bias_multiplier inf would draw only the biased timesteps; give a finite number")
     if args.timestep_bias_strategy == "range" and not (
         0 <= args.timestep_bias_begin < args.timestep_bias_end <= args.num_train_timesteps
     ):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import Sequence
+import tempfile
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from training.errors import UserError
+
+
+class FlagError(UserError, ValueError):
+    """A flag whose value cannot work (a folder that cannot be written, a size beyond what the data allows)."""
 
 
 def closest(name: str, options: Sequence[str]) -> str:
@@ -13,10 +21,50 @@ def closest(name: str, options: Sequence[str]) -> str:
     return matches[0] if matches else options[0]
 
 
+def check_writable(path: str | Path, flag: str) -> Path:
+    """Raises `FlagError` unless a file can be written at `path` (a folder, or the nearest existing folder above it
+    when it does not exist yet); returns that folder. Creates nothing."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FlagError(f"{flag} {path}: {existing} is a file, not a folder; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise FlagError(
+            f"{flag} {path}: cannot write in {existing} ({error.strerror}); choose a folder you can write to"
+        ) from None
+    return existing
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -41,15 +89,17 @@ def positive_float_or_none(text: str) -> float | None:
     if text.lower() == "none":
         return None
     value = float(text)
-    if value <= 0:
+    if not value > 0.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive number or 'none', got {text}")
     return value
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose error for a misspelt flag names the closest real one."""
+    """An ArgumentParser whose errors are one line, `error: ...` and exit status 1 like every other error of the
+    project (argparse's own print the whole usage first), and whose error for a misspelt flag names the closest flag.
+    """
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
         if message.startswith("unrecognized arguments:"):
             known = [flag for action in self._actions for flag in action.option_strings]
             for word in message.split(":", 1)[1].split():
@@ -58,4 +108,4 @@ class ArgumentParser(argparse.ArgumentParser):
                     if close:
                         message += f" (did you mean {close[0]}?)"
                     break
-        super().error(message)
+        self.exit(1, f"error: {message} (see --help)\n")

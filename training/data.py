@@ -16,8 +16,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +24,17 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.vocabulary import LabelError, LabelVocabulary
+from pipeline.vocabulary import DEFAULT_LABELS, LabelError, LabelVocabulary
 from training import synthetic_iclevr
+from training.atomic_folders import remove_stale, temporary_folder
 from training.cli import closest
+from training.errors import UserError
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "labels"
 PIXEL_COLUMN = "pixel_values"
 IMAGE_SUBFOLDER = "iclevr"
+TEMPORARY_PREFIX = ".tmp-"  # preprocessed copies being written, in cache_dir/preprocessed
 DEFAULT_SYNTHETIC_SCENES = 6003  # the real i-CLEVR's scene count: 18009 images
 DEFAULT_SYNTHETIC_SEED = 0
 # Folder images are referenced by path; the table below is what a loaded training set looks like.
@@ -42,7 +43,7 @@ TRAIN_FEATURES = datasets.Features(
 )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad training data or data arguments; the message is one line saying what was wrong and what is allowed."""
 
 
@@ -167,9 +168,11 @@ def _load_iclevr_folder(folder: Path, vocabulary: LabelVocabulary) -> datasets.D
         )
     names = list(mapping)
     label_lists = []
+    # A label missing from a custom objects.json is reported as such, not as a misspelling.
+    custom = folder / "objects.json" if tuple(vocabulary.labels) != DEFAULT_LABELS else None
     for name in names:
         try:
-            label_lists.append(_validate_labels(vocabulary, mapping[name]))
+            label_lists.append(_validate_labels(vocabulary, mapping[name], custom))
         except _EntryError as error:
             raise DataError(f"{train_json}: image {name!r}: {error.message}") from None
 
@@ -206,6 +209,10 @@ def _load_named_dataset(
     dataset_name: str, image_column: str, label_column: str, vocabulary: LabelVocabulary
 ) -> datasets.Dataset:
     local = Path(dataset_name)
+    if (local / "train.json").is_file():
+        raise DataError(
+            f"dataset_name {dataset_name!r} is an i-CLEVR folder (it holds train.json): pass it as train_data_dir"
+        )
     if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
         dataset = datasets.load_from_disk(str(local))
         if isinstance(dataset, datasets.DatasetDict):
@@ -220,8 +227,6 @@ def _load_named_dataset(
             dataset = datasets.load_dataset(dataset_name, split="train")
         except Exception as error:  # network, missing repo, no train split, bad files: all mean "cannot load"
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            if (local / "train.json").is_file():
-                reason = f"it is an i-CLEVR folder: pass it as train_data_dir; {reason}"
             raise DataError(
                 f"dataset_name {dataset_name!r} is neither a folder written by save_to_disk nor a data set "
                 f"datasets.load_dataset can load with a 'train' split ({type(error).__name__}: {reason})"
@@ -276,7 +281,8 @@ def preprocess_dataset(
     """The data set resized to `resolution` x `resolution` RGB uint8 ("pixel_values", HxWx3) plus "labels".
 
     Cached in `cache_dir/preprocessed/<fingerprint>-<resolution>`: a later call with the same data reuses it and
-    decodes no PNG. The copy is written in a temporary folder and renamed, so a failure leaves no partial entry.
+    decodes no PNG. The copy is written in a temporary folder and renamed, so a failure leaves no partial entry; the
+    temporary folders of runs that were killed are removed by the next call.
     `num_proc` defaults to the CPU count (at most 8) for large data sets.
     """
     check_resolution(resolution)
@@ -290,6 +296,7 @@ def preprocess_dataset(
     final = root / f"{dataset._fingerprint}-{resolution}"
     if (final / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(final))
+    remove_stale(root, TEMPORARY_PREFIX)  # what killed preprocessing runs left, whatever data they were for
 
     if num_proc is None:
         num_proc = min(os.cpu_count() or 1, 8) if len(dataset) >= 2000 else 1
@@ -299,9 +306,7 @@ def preprocess_dataset(
             LABEL_COLUMN: datasets.List(datasets.Value("string")),
         }
     )
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    try:
+    with temporary_folder(root, f"{TEMPORARY_PREFIX}{final.name}-") as work:
         # decode=False hands us the path/bytes, so a bad file can be named; the map output goes into our temp
         # folder, never beside the source data (a save_to_disk folder would otherwise receive cache files).
         resized = dataset.cast_column(IMAGE_COLUMN, datasets.Image(decode=False)).map(
@@ -324,8 +329,6 @@ def preprocess_dataset(
         except OSError:
             if not (final / "dataset_info.json").is_file():  # not a concurrent writer that finished first
                 raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return datasets.load_from_disk(str(final))
 
 
@@ -460,9 +463,21 @@ class _EntryError(Exception):
         self.message = message
 
 
-def _validate_labels(vocabulary: LabelVocabulary, names: object) -> list[str]:
+def _validate_labels(vocabulary: LabelVocabulary, names: object, objects_json: Path | None = None) -> list[str]:
+    """`objects_json`: the custom objects.json the vocabulary came from, named when a label is not in it."""
     if not isinstance(names, (list, tuple)):
         raise _EntryError(f"expected a list of label names like ['red cube'], got {json.dumps(names)[:80]}")
+    unknown = next((name for name in names if isinstance(name, str) and name not in vocabulary), None)
+    if objects_json is not None and unknown is not None:
+        if unknown in DEFAULT_LABELS:
+            raise _EntryError(
+                f"{unknown!r} is an i-CLEVR label but {objects_json} does not list it; add it to objects.json "
+                f"(with the next free index, {len(vocabulary)}) or remove it from this entry"
+            )
+        raise _EntryError(
+            f"{unknown!r} is not one of the {len(vocabulary)} labels of {objects_json} (the closest is "
+            f"{vocabulary.closest(unknown)!r}); fix the entry, or add the label to objects.json if it is new"
+        )
     try:
         return vocabulary.validate(names)
     except LabelError as error:

@@ -8,10 +8,12 @@ import os
 import torch
 from accelerate import Accelerator
 
+from training.errors import UserError
+
 CPU_LAUNCH = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N train_conditional.py ..."
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """The processes of a launch did not join one process group."""
 
 

@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 
 from pipeline import LabelVocabulary
 from training.data import builtin_synthetic_dir, load_condition_file
+from training.errors import UserError
 from training.evaluator import classify, evaluation_metrics
 from training.seeding import derived_generator
 
 CONDITION_FILE_NAMES = ("test.json", "new_test.json")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """A setting or input the evaluation cannot use."""
 
 

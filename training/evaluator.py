@@ -18,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.errors import UserError
+
 EVALUATOR_RESOLUTION = 64
 NUM_LABELS = 24
 
 
-class EvaluatorError(ValueError):
+class EvaluatorError(UserError, ValueError):
     """A checkpoint, image batch or label matrix the evaluator cannot use."""
 
 

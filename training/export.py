@@ -41,6 +41,8 @@ from packaging.requirements import Requirement
 
 from pipeline import ICLEVRPipeline, LabelVocabulary
 from pipeline.vocabulary import DEFAULT_MAX_OBJECTS
+from training.atomic_folders import replace_folder, temporary_folder
+from training.errors import UserError
 from training.model_card import render_model_card
 from training.sampling import validation_label_lists
 
@@ -59,14 +61,15 @@ REPO_ROOT = CODE_DIR.parent
 # The demo app and what it imports from this checkout (the rest are installed packages; the pipeline code it runs is
 # the folder's own), at the same paths, so `python scripts/demo.py` inside the folder serves the folder's model.
 DEMO_APP = "scripts/demo.py"
-DEMO_FILES = (DEMO_APP, "training/__init__.py", "training/cli.py", "training/inference.py", "training/samplers.py")
+DEMO_FILES = (DEMO_APP, "training/__init__.py", "training/cli.py", "training/errors.py", "training/inference.py",
+              "training/samplers.py")
 # What a Space installs besides gradio (the front-matter's sdk_version): the packages the demo and the pipeline code
 # import, pinned as this checkout's requirements.txt pins them.
 SPACE_REQUIREMENTS = "requirements.txt"
 SPACE_PACKAGES = ("torch", "diffusers", "huggingface_hub", "safetensors", "numpy", "Pillow")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A folder that cannot be exported; the message says what was wrong and what to give instead."""
 
 
@@ -188,7 +191,8 @@ def _copy_component(source: Path, target: Path) -> None:
             f"{source} holds pickled weights ({', '.join(pickled)}); only safetensors are exported: re-save the "
             "pipeline with save_pretrained (safetensors is its default)"
         )
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    # Code is never copied from the folder: what ships is this checkout's code (make_self_describing).
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -282,7 +286,8 @@ def export_pipeline(
     `model_dir/report.json` when present), the demo (see `add_demo`) and a model card (README.md) whose snippet
     loads `hub_model_id` at `revision` and whose front-matter lets the Hub run the folder as a Space. Nothing else
     of the training output (checkpoints, logs, validation grids) is copied, and `model_dir` is left as it was. An
-    `export_dir` holding an earlier export is replaced; any other non-empty folder is refused.
+    `export_dir` holding an earlier export is replaced; any other non-empty folder is refused. The export is written
+    beside `export_dir` and swapped in when complete, so a failed export leaves an earlier one as it was.
     """
     model_dir, export_dir = Path(model_dir), Path(export_dir)
     index = read_pipeline_index(model_dir)
@@ -296,21 +301,19 @@ def export_pipeline(
             raise ExportError(
                 f"export_dir {export_dir} exists and is not an earlier export; give a new or empty folder"
             )
-        shutil.rmtree(export_dir)
-    export_dir.mkdir(parents=True)
-
-    shutil.copyfile(model_dir / MODEL_INDEX, export_dir / MODEL_INDEX)
-    for name in _components(index):
-        if not (model_dir / name).is_dir():
-            raise ExportError(f"{model_dir} has no {name}/ folder for its {name!r} component; re-save the pipeline")
-        _copy_component(model_dir / name, export_dir / name)
-    for extra in EXTRA_FILES:
-        if (model_dir / extra).is_file():
-            shutil.copyfile(model_dir / extra, export_dir / extra)
-    if report.is_file():
-        shutil.copyfile(report, export_dir / EVALUATION_REPORT)
-
-    make_self_describing(export_dir)
-    add_demo(export_dir)
-    write_model_card(export_dir, hub_model_id=hub_model_id, revision=revision)
+    with temporary_folder(export_dir.parent, f".{export_dir.name}.tmp-") as work:
+        shutil.copyfile(model_dir / MODEL_INDEX, work / MODEL_INDEX)
+        for name in _components(index):
+            if not (model_dir / name).is_dir():
+                raise ExportError(f"{model_dir} has no {name}/ folder for its {name!r} component; re-save the pipeline")
+            _copy_component(model_dir / name, work / name)
+        for extra in EXTRA_FILES:
+            if (model_dir / extra).is_file():
+                shutil.copyfile(model_dir / extra, work / extra)
+        if report.is_file():
+            shutil.copyfile(report, work / EVALUATION_REPORT)
+        make_self_describing(work)
+        add_demo(work)
+        write_model_card(work, hub_model_id=hub_model_id, revision=revision)
+        replace_folder(work, export_dir)
     return export_dir

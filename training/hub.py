@@ -9,19 +9,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import httpx
 from huggingface_hub import CommitInfo, HfApi
-from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from training.atomic_folders import make_temporary_folder
 from training.data import load_train_dataset
+from training.errors import UserError, one_line
 from training.export import export_pipeline
 
-# Failures of the Hub or of the network on the way to it; anything else is a bug and keeps its traceback.
-_HUB_FAILURES = (HfHubHTTPError, httpx.HTTPError, ConnectionError)
+# Without --export_dir the export goes to a temporary folder; one left by a killed push is removed by the next.
+TEMPORARY_EXPORT_PREFIX = "iclevr-export-"
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A push that could not be done; the message is one line saying why and what to do."""
 
 
@@ -49,7 +50,7 @@ def _describe(error: Exception) -> str:
     message = getattr(error, "server_message", None) or str(error)
     first_line = next((line.strip() for line in message.splitlines() if line.strip()), type(error).__name__)
     status = getattr(response, "status_code", None)
-    return f"HTTP {status}: {first_line}" if status else f"{type(error).__name__}: {first_line}"
+    return f"HTTP {status}: {first_line}" if status else f"{type(error).__name__}: {one_line(error)[:300]}"
 
 
 def push_pipeline_to_hub(
@@ -73,31 +74,41 @@ def push_pipeline_to_hub(
     check_repo_id(hub_model_id)
     # The export comes first, so a bad folder fails before anything is created on the Hub.
     temporary = export_dir is None
-    export_dir = Path(tempfile.mkdtemp(prefix="iclevr-export-")) / "pipeline" if temporary else Path(export_dir)
+    if temporary:
+        export_dir = make_temporary_folder(Path(tempfile.gettempdir()), TEMPORARY_EXPORT_PREFIX) / "pipeline"
+    export_dir = Path(export_dir)
     try:
         export_pipeline(
             model_dir, export_dir, hub_model_id=hub_model_id, revision=revision, evaluation_report=evaluation_report
         )
+        commit = _upload(export_dir, hub_model_id, private, revision, commit_message, token)
+    except HubError as error:
+        raise HubError(
+            f"pushing {model_dir} to {hub_model_id} failed ({error}); the export is intact in {export_dir}: run the "
+            f"push again to retry (files already on the Hub are not re-uploaded)"
+        ) from error.__cause__
     except BaseException:
         if temporary:
-            shutil.rmtree(export_dir.parent)
+            shutil.rmtree(export_dir.parent, ignore_errors=True)
         raise
+    if temporary:
+        shutil.rmtree(export_dir.parent, ignore_errors=True)
+    return commit
+
+
+def _upload(
+    folder: Path, repo_id: str, private: bool, revision: str | None, commit_message: str, token: str | None
+) -> CommitInfo:
+    """Creates the repo (and branch) if needed and uploads `folder`; any failure on the way, whatever the transport
+    raises (an unreachable server, a timeout, an HTTP error), is a `HubError` saying why in one line."""
     api = HfApi(token=token)
     try:
-        api.create_repo(hub_model_id, private=private, exist_ok=True)
+        api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None:
-            api.create_branch(hub_model_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=hub_model_id, folder_path=export_dir, revision=revision, commit_message=commit_message
-        )
-    except _HUB_FAILURES as error:
-        raise HubError(
-            f"pushing {model_dir} to {hub_model_id} failed ({_describe(error)}); the export is intact in "
-            f"{export_dir}: run the push again to retry (files already on the Hub are not re-uploaded)"
-        ) from error
-    if temporary:
-        shutil.rmtree(export_dir.parent)
-    return commit
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)
+    except Exception as error:  # only Hub calls above: every failure is a failed push, the export is on disk
+        raise HubError(_describe(error)) from error
 
 
 def push_dataset_to_hub(
@@ -121,7 +132,8 @@ def push_dataset_to_hub(
         return dataset.push_to_hub(
             hub_dataset_id, private=private, revision=revision, commit_message=commit_message, token=token
         )
-    except _HUB_FAILURES as error:
+    except Exception as error:  # the upload is the only call here: every failure is a failed push
         raise HubError(
-            f"pushing {train_data_dir} to the data set {hub_dataset_id} failed ({_describe(error)})"
+            f"pushing {train_data_dir} to the data set {hub_dataset_id} failed ({_describe(error)}); nothing was "
+            "changed locally: run the push again to retry"
         ) from error

@@ -13,6 +13,12 @@ from typing import Any
 
 from pipeline.conditional_unet import ConditionalUNet2DModel
 from training.cli import closest
+from training.errors import UserError
+
+
+class ModelConfigError(UserError, ValueError):
+    """A preset name or model config file that does not give a ConditionalUNet2DModel for the resolution."""
+
 
 # Every preset scales and shifts its normalised features by the time-plus-label embedding (AdaGN,
 # resnet_time_scale_shift="scale_shift") instead of adding it: the labels steer the model faster
@@ -67,19 +73,23 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(config_file.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{config_file} does not exist; give a preset name or a model config JSON") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_file} is not valid JSON ({error}); give a ConditionalUNet2DModel config") from None
+        raise ModelConfigError(f"{config_file} does not exist; give a preset name or a model config JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelConfigError(
+            f"{config_file} is not valid JSON ({error}); give a ConditionalUNet2DModel config"
+        ) from None
     if not isinstance(config, dict):
-        raise ValueError(f"{config_file} must hold a JSON object of ConditionalUNet2DModel arguments")
+        raise ModelConfigError(f"{config_file} must hold a JSON object of ConditionalUNet2DModel arguments")
     class_name = config.get("_class_name", ConditionalUNet2DModel.__name__)
     if class_name != ConditionalUNet2DModel.__name__:
-        raise ValueError(f"{config_file} configures a {class_name}; this project needs a ConditionalUNet2DModel config")
+        raise ModelConfigError(
+            f"{config_file} configures a {class_name}; this project needs a ConditionalUNet2DModel config"
+        )
     # Keys like _class_name/_diffusers_version are bookkeeping, not arguments.
     config = {key: value for key, value in config.items() if not key.startswith("_") and key not in _NOT_ARGUMENTS}
     for key in config:
         if key not in _INIT_KEYS:
-            raise ValueError(
+            raise ModelConfigError(
                 f"{config_file}: {key!r} is not a ConditionalUNet2DModel argument; "
                 f"did you mean {closest(key, _INIT_KEYS)!r}?"
             )
@@ -94,7 +104,7 @@ def load_model_config(name_or_path: str, *, sample_size: int) -> dict[str, Any]:
     elif Path(name_or_path).exists():
         config = _read_config_file(Path(name_or_path))
     else:
-        raise ValueError(
+        raise ModelConfigError(
             f"{name_or_path!r} is neither a model preset nor an existing config file; "
             f"did you mean {closest(name_or_path, list(PRESETS))!r}? "
             f"presets: {', '.join(PRESETS)}"
@@ -103,7 +113,7 @@ def load_model_config(name_or_path: str, *, sample_size: int) -> dict[str, Any]:
     config["sample_size"] = sample_size
     factor = 2 ** (len(config.get("block_out_channels", PRESETS["gpu"]["block_out_channels"])) - 1)
     if sample_size < factor or sample_size % factor:
-        raise ValueError(
+        raise ModelConfigError(
             f"resolution {sample_size} does not suit {name_or_path!r}: its UNet halves the image "
             f"{factor.bit_length() - 1} times, so the resolution must be a multiple of {factor}"
         )
@@ -114,4 +124,7 @@ def create_model(name_or_path: str, *, sample_size: int, num_labels: int = 24) -
     """A freshly initialised ConditionalUNet2DModel from a preset name or a config JSON."""
     config = load_model_config(name_or_path, sample_size=sample_size)
     config["num_labels"] = num_labels
-    return ConditionalUNet2DModel(**config)
+    try:
+        return ConditionalUNet2DModel(**config)
+    except (TypeError, ValueError, KeyError) as error:  # values of the right names but the wrong kind
+        raise ModelConfigError(f"{name_or_path!r} does not build a ConditionalUNet2DModel: {error}") from None

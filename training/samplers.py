@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import torch
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -24,6 +25,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from training.cli import closest
+from training.errors import UserError, one_line
 
 # dynamic thresholding capped at 1.0 is exactly a clip of x0 to [-1, 1]
 X0_CLIPPING = {"thresholding": True, "sample_max_value": 1.0}
@@ -39,7 +41,7 @@ SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 CALL_ARGUMENTS = {"eta": DDIMScheduler}  # pipeline call arguments a spec may set, and the scheduler they need
 
 
-class SamplerError(ValueError):
+class SamplerError(UserError, ValueError):
     """A sampler spec that cannot be built; the message names what is allowed."""
 
 
@@ -97,7 +99,22 @@ def parse_sampler(spec: str) -> Sampler:
         else:
             options = allowed + list(CALL_ARGUMENTS)
             raise SamplerError(f"{name} has no setting {key!r}; did you mean {closest(key, options)!r}?")
-    return Sampler(name, config, call_kwargs)
+    sampler = Sampler(name, config, call_kwargs)
+    _try_sampling(sampler, spec)
+    return sampler
+
+
+def _try_sampling(sampler: Sampler, spec: str) -> None:
+    """A few steps on a stand-in model output, so that a setting's bad value fails here, in one line, before any
+    model is loaded, rather than in the middle of sampling."""
+    try:
+        scheduler = sampler.build(DDPMScheduler().config)
+        scheduler.set_timesteps(3)
+        sample = torch.zeros(1, 1, 2, 2)
+        for timestep in scheduler.timesteps:
+            sample = scheduler.step(torch.zeros_like(sample), timestep, sample, **sampler.call_kwargs).prev_sample
+    except Exception as error:  # noqa: BLE001 - whatever diffusers raises, these settings cannot sample
+        raise SamplerError(f"sampler {spec!r} cannot sample: {one_line(error)[:300]}") from None
 
 
 def set_sampler(pipeline, spec: str | Sampler):

@@ -8,6 +8,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
+from training.errors import UserError
+
 logger = get_logger(__name__)
 
 # fp16's GradScaler halves its scale at every overflow, so 10 skips in a row lower it 1024-fold: a run still
@@ -15,7 +17,7 @@ logger = get_logger(__name__)
 MAX_CONSECUTIVE_SKIPPED_STEPS = 10
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """Too many optimiser steps in a row had a non-finite loss or gradient."""
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pipeline.vocabulary import COLOURS, DEFAULT_LABELS, SHAPES, LabelVocabulary
+from training.atomic_folders import make_temporary_folder, replace_folder
 
 WIDTH, HEIGHT = 320, 240
 # Part of the built-in render's cache folder name: bump it whenever a change alters the rendered images or labels,
@@ -504,10 +505,9 @@ def render_dataset(
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} is not empty; choose a new folder or pass overwrite=True")
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "iclevr").mkdir(parents=True)
+    # Renders that were killed leave their temporary folder; it is removed here.
+    partial = make_temporary_folder(output_dir.parent, f".{output_dir.name}.partial-")
+    (partial / "iclevr").mkdir()
     start = time.perf_counter()
     try:
         jobs = [(seed, index, objects_per_scene, str(partial / "iclevr")) for index in range(num_scenes)]
@@ -528,13 +528,7 @@ def render_dataset(
         _write_json(partial / "test.json", _test_conditions(train, seed))
         _write_json(partial / "new_test.json", [list(combination) for combination in held_out_combinations(seed)])
         _write_json(partial / "train.json", train)  # written last: its presence marks a finished render
-        if output_dir.exists():
-            stale = output_dir.parent / f".{output_dir.name}.stale-{os.getpid()}"
-            output_dir.rename(stale)
-            partial.rename(output_dir)
-            shutil.rmtree(stale)
-        else:
-            partial.rename(output_dir)
+        replace_folder(partial, output_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,6 +13,7 @@ from accelerate import Accelerator
 from diffusers import DiffusionPipeline
 
 from pipeline import LabelVocabulary
+from training.atomic_folders import replace_folder, temporary_folder
 from training.evaluation import default_condition_files, evaluate_pipeline, load_condition_sets, resolve_condition_files
 from training.evaluator import load_evaluator
 
@@ -48,7 +48,7 @@ class TrainingEvaluation:
         best_info = self.best_dir / BEST_INFO
         self.best_accuracy = -1.0
         if keep_previous_best and best_info.is_file():
-            self.best_accuracy = json.loads(best_info.read_text())["mean_accuracy"]
+            self.best_accuracy = _best_accuracy(best_info)
 
     def __call__(self, accelerator: Accelerator, pipeline: DiffusionPipeline, step: int) -> dict[str, Any]:
         """Call on every process (the conditions are split across them); only the main process writes."""
@@ -68,10 +68,6 @@ class TrainingEvaluation:
         return report
 
     def _save_best(self, pipeline: DiffusionPipeline, step: int, report: Mapping[str, Any]) -> None:
-        # Written beside best/ and swapped in, so a crash never leaves a half-written best pipeline.
-        partial = self.best_dir.with_name(self.best_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        pipeline.save_pretrained(partial)
         info = {
             "step": step,
             "mean_accuracy": report["mean_accuracy"],
@@ -80,9 +76,20 @@ class TrainingEvaluation:
             "seeds": self.seeds,
             **self.settings,
         }
-        (partial / BEST_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        shutil.rmtree(self.best_dir, ignore_errors=True)
-        partial.rename(self.best_dir)
+        # Written beside best/ and swapped in, so a crash never leaves a half-written or no best pipeline.
+        with temporary_folder(self.best_dir.parent, f".{self.best_dir.name}.tmp-") as work:
+            pipeline.save_pretrained(work)
+            (work / BEST_INFO).write_text(json.dumps(info, indent=2) + "\n")
+            replace_folder(work, self.best_dir)
+
+
+def _best_accuracy(best_info: Path) -> float:
+    """The mean accuracy best/ was kept for; -1 (any evaluation replaces it) when best.json does not say."""
+    try:
+        accuracy = json.loads(best_info.read_text())["mean_accuracy"]
+    except (ValueError, KeyError, TypeError):  # not JSON, not an object, no accuracy
+        return -1.0
+    return float(accuracy) if isinstance(accuracy, (int, float)) else -1.0
 
 
 def load_training_evaluation(

@@ -4,9 +4,10 @@
     python scripts/demo.py --pipeline your-name/iclevr-ddpm    # a Hub id, or an exported folder
     python scripts/demo.py                                     # inside an exported folder or a Space: its own model
 
-The export (training/export.py) ships this file with the sampler and loading code it imports (training/...), and a
-README front-matter (`sdk: gradio`, `app_file: scripts/demo.py`) that lets the Hub run the folder as a Space. There
-the pipeline's own code, shipped in the folder, is imported by diffusers (trust_remote_code).
+In this repo's checkout the pipeline is rebuilt from the checkout's classes (training/pipeline_loading.py: nothing
+shipped with the model runs). The export (training/export.py) ships this file with the code it imports from
+training/, and a README front-matter (`sdk: gradio`, `app_file: scripts/demo.py`) that lets the Hub run the folder
+as a Space; there, without the `pipeline` package, diffusers imports the pipeline code shipped in the folder.
 
 Image j is drawn from seed + j (one generator per image), as `scripts/generate.py --seed` does, so a picture in the
 page is made again by `generate.py --labels "..." --seed S` with the same settings.
@@ -28,7 +29,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import make_image_grid
 
-from training.inference import DTYPES, PipelineLoadingError, call_defaults, load_pipeline, resolve_device
+from training.errors import UserError, one_line
+from training.inference import DTYPES, call_defaults, resolve_device
 from training.samplers import SAMPLERS, SamplerError, sampler_name, set_sampler
 
 MAX_STEPS = 1000  # DDPM's training count
@@ -39,6 +41,17 @@ CSS = """
 #images img, #process img { image-rendering: pixelated; }
 #process img { width: 100%; height: 100%; object-fit: contain; }
 """
+
+
+def load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
+    """The pipeline, from this checkout's classes where they exist, else with the code shipped beside it."""
+    if (ROOT / "pipeline" / "__init__.py").is_file():
+        from training.pipeline_loading import load_pipeline
+
+        return load_pipeline(source, device=device, dtype=dtype)
+    pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
 
 
 def label_groups(labels: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -75,10 +88,8 @@ def build_demo(pipe: DiffusionPipeline, title: str) -> gr.Blocks:
         variant = type(pipe).from_pipe(pipe)
         try:
             spec = set_sampler(variant, sampler)
-        except SamplerError as error:
+        except SamplerError as error:  # an unknown name or setting, or a value the scheduler refuses
             raise gr.Error(f"{error}; or type a spec like ddim,eta=1") from None
-        except (ValueError, NotImplementedError) as error:  # settings the scheduler itself refuses
-            raise gr.Error(f"the sampler {sampler!r} cannot be built: {error}") from None
         variant.set_progress_bar_config(disable=True)
         return variant, spec.call_kwargs
 
@@ -158,9 +169,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        pipe = load_pipeline(args.pipeline, device=resolve_device(args.device), dtype=DTYPES[args.dtype])
-    except PipelineLoadingError as error:
-        sys.exit(f"error: {error}")
+        pipe = load(args.pipeline, resolve_device(args.device), DTYPES[args.dtype])
+    except (UserError, OSError) as error:  # not one_line_errors: it needs the `pipeline` package, absent in a Space
+        sys.exit(f"error: {one_line(error)}")
     title = f"i-CLEVR diffusion: {Path(args.pipeline).name}"
     build_demo(pipe, title).launch(server_port=args.port, share=args.share, css=CSS)
 

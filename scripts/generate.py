@@ -25,26 +25,21 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import LabelError, LabelVocabulary
-from training.cli import positive_int
+from training.cli import ArgumentParser, check_writable, non_negative_int, positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
-from training.data import DataError, load_condition_file
+from training.data import load_condition_file
+from training.errors import one_line_errors
 from training.figures import captioned_grid
-from training.inference import (
-    DTYPES,
-    PipelineLoadingError,
-    call_defaults,
-    load_pipeline,
-    pipeline_labels,
-    resolve_device,
-)
-from training.samplers import SAMPLERS, SamplerError, parse_sampler, sampler_name, set_sampler
+from training.inference import DTYPES, call_defaults, resolve_device
+from training.pipeline_loading import load_pipeline, pipeline_vocabulary
+from training.samplers import SAMPLERS, parse_sampler, sampler_name, set_sampler
 
 MANIFEST = "manifest.json"
 GRID = "grid.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="A saved pipeline folder (training --output_dir) or Hub id.")
     parser.add_argument("--revision", default=None, help="The Hub revision (branch, tag or commit) of a Hub id.")
     parser.add_argument("--labels", action="append", default=[], metavar='"NAME, NAME"',
@@ -52,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conditions", action="append", default=[], type=Path, metavar="FILE",
                         help="A test.json-style file (a JSON list of label lists); repeatable.")
     parser.add_argument("--num_images_per_prompt", type=positive_int, default=1, help="Images per label list.")
-    parser.add_argument("--seed", type=int, default=0, help="Image j of every list is drawn from seed + j.")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="Image j of every list is drawn from seed + j.")
     parser.add_argument("--scheduler", default=None,
                         help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
                              "ddim,eta=1); default: the one the pipeline was saved with.")
@@ -87,11 +82,12 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     # Everything that can be checked without the weights is checked first: a typo fails before any work starts.
     sampler = parse_sampler(args.scheduler) if args.scheduler else None
     device = resolve_device(args.device)
-    labels, commit = pipeline_labels(args.pipeline, revision=args.revision)
-    label_lists = read_label_lists(args, LabelVocabulary(labels) if labels else LabelVocabulary())
+    check_writable(args.output_dir, "--output_dir")
+    vocabulary, commit = pipeline_vocabulary(args.pipeline, revision=args.revision)
+    label_lists = read_label_lists(args, vocabulary)
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
 
-    # At the commit the labels came from, so a push in between cannot change the model.
+    # Rebuilt from this checkout's classes (nothing shipped with the model runs), at the commit the labels came from.
     pipeline = load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype], revision=commit)
     if sampler is not None:
         set_sampler(pipeline, sampler)
@@ -146,11 +142,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
+    with one_line_errors():
+        args = build_parser().parse_args(argv)
         manifest = generate(args)
-    except (PipelineLoadingError, DataError, LabelError, SamplerError) as error:
-        sys.exit(f"error: {error}")
     print(
         f"{len(manifest['images'])} images ({manifest['seconds_per_image']:.3f} s each; {manifest['sampler']}, "
         f"{manifest['num_inference_steps']} steps, guidance {manifest['guidance_scale']:g}) -> {args.output_dir}"

@@ -121,7 +121,7 @@ def test_a_sampler_from_the_menu_or_typed_as_a_spec_takes_effect(client):
     ({"cubes": ["red cube", "blue cube"], "spheres": ["red sphere", "cyan sphere"]}, SAVED, "at most 3 objects"),
     ({"spheres": ["red sphere", "red sphere"]}, SAVED, "'red sphere' appears 2 times"),
     ({"spheres": ["red sphere"]}, "dpm", "unknown sampler 'dpm'; did you mean"),
-    ({"spheres": ["red sphere"]}, "dpmsolver++,solver_type=foo", "cannot be built: foo is not implemented"),
+    ({"spheres": ["red sphere"]}, "dpmsolver++,solver_type=foo", "cannot sample: foo is not implemented"),
 ])  # fmt: skip
 def test_bad_input_gets_a_message_in_the_page_not_a_traceback(client, objects, sampler, message):
     with pytest.raises(AppError, match=message) as error:

@@ -23,7 +23,6 @@ from training.evaluation import (
 )
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
 from training.figures import denoising_figure
-from training.inference import load_pipeline
 from training.model_presets import create_model
 from training.pipeline_loading import load_pipeline
 from training.samplers import DEFAULT_SAMPLER, set_sampler

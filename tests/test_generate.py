@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT, import_script
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from training.hub import push_pipeline_to_hub
 
 STEPS = "2"
 FILES = {"00_red-sphere+cyan-cube_seed3.png", "00_red-sphere+cyan-cube_seed4.png", "01_gray-cube_seed3.png",
@@ -123,6 +124,7 @@ def test_dtype_bf16_generates_and_is_recorded(tiny_pipeline_dir, tmp_path):
     (["--labels", "red cube, gray cube, blue cube, green cube"], "at most 3 objects"),
     (["--scheduler", "dpm"], "unknown sampler 'dpm'; did you mean"),
     (["--device", "tpu"], "--device 'tpu' is not supported"),
+    (["--output_dir", "/sys/kernel/iclevr-test"], "cannot write in"),
 ])  # fmt: skip
 def test_bad_input_fails_in_one_line_before_the_weights_load(tiny_pipeline_dir, tmp_path, change, expected):
     # Only model_index.json: loading the weights would fail, so the error shows the input was checked first.
@@ -136,6 +138,15 @@ def test_bad_input_fails_in_one_line_before_the_weights_load(tiny_pipeline_dir, 
     message = str(exit_info.value)
     assert message.startswith("error: ") and expected in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_pipeline_is_recorded_with_the_commit_it_was_read_at(tiny_pipeline_dir, hub_repo_id, tmp_path):
+    commit = push_pipeline_to_hub(tiny_pipeline_dir, hub_repo_id)
+
+    import_script("generate").main(["--pipeline", hub_repo_id, "--labels", "gray cube", "--num_inference_steps", STEPS,
+                                    "--output_dir", str(tmp_path)])  # fmt: skip
+
+    assert json.loads((tmp_path / "manifest.json").read_text())["model"] == {"id": hub_repo_id, "revision": commit.oid}
 
 
 def test_a_bad_label_in_a_conditions_file_names_the_file_and_entry(tiny_pipeline_dir, tmp_path):

@@ -501,8 +501,8 @@ CASES = [
     case("train: a timestep bias range beyond the schedule", T, lambda e: {
         "--timestep_bias_strategy": "range", "--timestep_bias_begin": "900", "--timestep_bias_end": "2000"},
          "0 <= begin < end <= --num_train_timesteps"),
-    case("train: an epsilon checkpoint resumed with v_prediction", T, lambda e: {
-        **_checkpoint(e, {}), "--prediction_type": "v_prediction"}, "predicting epsilon"),
+    case("train: a v_prediction checkpoint resumed with epsilon", T, lambda e: {
+        **_checkpoint(e, {}), "--prediction_type": "epsilon"}, "predicting v_prediction"),
     # -- scripts/evaluate.py
     case("evaluate: the pipeline folder does not exist", E, lambda e: {"--pipeline": str(e.tmp / "run")},
          "no pipeline there"),

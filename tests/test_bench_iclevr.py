@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 
 TINY_BUDGET = [
     "--num_scenes", "12", "--evaluator_epochs", "1", "--evaluator_scenes", "24", "--evaluator_validation_scenes", "8",
@@ -40,7 +41,7 @@ def bench_dir(tmp_path_factory) -> Path:
 def test_benchmark_writes_one_row_per_sampler_and_guidance_with_the_budget(bench_dir):
     results = json.loads((bench_dir / "results.json").read_text())
     assert [(row["sampler"], row["steps"], row["guidance_scale"]) for row in results["rows"]] == [
-        ("ddim", 2, 1.0), ("ddim", 2, 2.0),
+        ("ddim", 2, 1.0), ("ddim", 2, DEFAULT_GUIDANCE_SCALE),
     ]  # fmt: skip
     for row in results["rows"]:
         assert row["dtype"] == "bf16" and row["num_images"] > 0
@@ -48,7 +49,7 @@ def test_benchmark_writes_one_row_per_sampler_and_guidance_with_the_budget(bench
             assert 0.0 <= mean <= 1.0 and std >= 0.0
     assert results["budget"]["max_train_steps"] == 2 and results["budget"]["model_config_name_or_path"] == "tiny"
     table = (bench_dir / "results.md").read_text()
-    assert "| ddim | 2 | 1 |" in table and "| ddim | 2 | 2 |" in table
+    assert "| ddim | 2 | 1 |" in table and f"| ddim | 2 | {DEFAULT_GUIDANCE_SCALE:g} |" in table
     assert "2 steps x batch 4" in table and "UNet in bf16" in table
     assert "python benchmarks/bench_iclevr.py --work_dir" in table  # the exact command
 

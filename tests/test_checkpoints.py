@@ -33,7 +33,7 @@ from training_runs import LAUNCH_TIMEOUT, launch_training, train_in_process
 TINY = ["--model_config_name_or_path", "tiny", "--resolution", "8", "--train_batch_size", "4",
         "--lr_warmup_steps", "0", "--validation_steps", "100", "--validation_inference_steps", "1",
         "--report_to", "none", "--use_ema"]  # fmt: skip
-RUN_SIGNATURE = Namespace(model_config_name_or_path="tiny", resolution=8, use_ema=True, prediction_type="epsilon")
+RUN_SIGNATURE = Namespace(model_config_name_or_path="tiny", resolution=8, use_ema=True, prediction_type="v_prediction")
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def test_num_images_per_prompt_gives_each_list_its_images_in_order_each_reproduc
     assert images.shape == (4, SIZE, SIZE, 3)
     # Image 3 is the second image of the second list: the same as that list alone with generator 3.
     alone = _generate(pipe, labels=LABELS[1:], generator=[torch.Generator().manual_seed(3)])
-    np.testing.assert_allclose(images[3], alone[0], atol=1e-5)
+    np.testing.assert_allclose(images[3], alone[0], atol=1e-4)  # batch size moves float sums; guidance amplifies
     assert not np.allclose(images[2], images[3])
 
 

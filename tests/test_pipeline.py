@@ -126,7 +126,7 @@ def test_one_generator_per_image_makes_each_image_reproducible_alone(pipe):
     generators = [torch.Generator().manual_seed(seed) for seed in (1, 2)]
     both = ddpm(LABELS, num_inference_steps=STEPS, generator=generators, output_type="np").images
     alone = ddpm(LABELS[1:], num_inference_steps=STEPS, generator=[torch.Generator().manual_seed(2)], output_type="np")
-    np.testing.assert_allclose(both[1], alone.images[0], atol=1e-5)
+    np.testing.assert_allclose(both[1], alone.images[0], atol=1e-4)  # batch size moves float sums; guidance amplifies
 
 
 @pytest.mark.parametrize("output_type", ["np", "pil"])

@@ -43,6 +43,7 @@ from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss, timestep_weights
 from training.precision import apply_memory_format, create_optimizer, enable_tf32
 from training.preflight import check_before_training
+from training.run_record import data_source, summary_line, trained_record
 from training.sampling import build_pipeline
 from training.stability import NonFiniteGuard
 from training.training_evaluation import load_training_evaluation
@@ -73,6 +74,7 @@ def main(args: argparse.Namespace) -> None:
     tf32 = enable_tf32(accelerator.device)
     # On CPU: all cores while the machine is otherwise idle, fewer while other processes are busy.
     cpu_threads = CpuThreads(args.cpu_threads, device=accelerator.device)
+    started = time.perf_counter()
 
     # --- data: the main process renders / preprocesses into the cache first, the others then read it
     with accelerator.main_process_first():
@@ -87,6 +89,7 @@ def main(args: argparse.Namespace) -> None:
             cache_dir=args.cache_dir,
         )
     vocabulary = train_set.vocabulary
+    data = data_source(args.train_data_dir, args.dataset_name)  # for training_args.json and the model card
     train_dataloader = DataLoader(
         train_set, batch_size=args.train_batch_size, shuffle=True, num_workers=args.dataloader_num_workers
     )
@@ -183,6 +186,7 @@ def main(args: argparse.Namespace) -> None:
     )
     step_loss = torch.zeros((), device=accelerator.device)
     train_seconds = 0.0  # of this launch, without validation and checkpoint saving
+    launch_first_step = global_step
     tick = time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:  # resumed from the last checkpoint
@@ -262,12 +266,15 @@ def main(args: argparse.Namespace) -> None:
     if ema is not None:
         ema.copy_to(final_model.parameters())
     pipeline = build_pipeline(final_model.eval(), noise_scheduler, vocabulary)
+    trained = trained_record(steps=global_step, updates_per_epoch=updates_per_epoch,
+                             images_per_update=images_per_update, num_images=len(train_set), data=data)  # fmt: skip
     with accelerator.autocast():
         final_images = validation.sample(pipeline)  # every process samples a share
     if accelerator.is_main_process:
         pipeline.save_pretrained(output_dir)
-        # The model card of a Hub push shows these settings.
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True))
+        # The model card of a Hub push shows these settings, and what they trained.
+        training_args = {**vars(args), "trained": trained}
+        (output_dir / "training_args.json").write_text(json.dumps(training_args, indent=2, sort_keys=True))
         image_grid(final_images).save(output_dir / "samples.png")
         with accelerator.autocast():
             figure = denoising_figure(
@@ -285,6 +292,10 @@ def main(args: argparse.Namespace) -> None:
             )
             logger.info(f"Pushed to the Hub: {commit.commit_url}")
     accelerator.end_training()
+    accelerator.print(summary_line(
+        trained, launch_images=(global_step - launch_first_step) * images_per_update, train_seconds=train_seconds,
+        wall_seconds=time.perf_counter() - started, output_dir=output_dir,
+    ))  # fmt: skip
 
 
 def run(argv: Sequence[str] | None = None) -> None:

@@ -57,6 +57,9 @@ class ICLEVRPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
+    # The error bad labels raise (a ValueError), reachable from a pipeline loaded as remote code, whose modules
+    # cannot be imported by name: `except pipe.LabelError`.
+    LabelError = LabelError
 
     def __init__(
         self,

@@ -17,8 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import argparse
 import json
 
-import torch
-
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.cli import ArgumentParser, check_writable, non_negative_int, positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
@@ -32,11 +30,11 @@ from training.evaluation import (
 from training.errors import one_line_errors
 from training.evaluator import load_evaluator
 from training.figures import denoising_figure, image_grid
+from training.inference import DTYPES, resolve_device
 from training.pipeline_loading import load_pipeline
 from training.samplers import SAMPLERS, parse_sampler, sampler_name, set_sampler
 from training.sampling import validation_label_lists
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DENOISING_FRAMES = 10
 
 
@@ -59,19 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision; scoring is fp32.")
     add_cpu_threads_argument(parser)
     return parser
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise EvaluationError(f"--device {name!r} is not supported; use cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda was given but no CUDA GPU is available; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise EvaluationError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
 
 
 def evaluate(args: argparse.Namespace) -> dict:

@@ -62,6 +62,22 @@ def tiny_iclevr_dir(tmp_path_factory) -> Path:
     return output_dir
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """What a training run saves, with an untrained `tiny` UNet at 32x32 and the default sampler."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from pipeline import LabelVocabulary
+    from training.model_presets import create_model
+    from training.sampling import build_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-pipeline") / "iclevr-ddpm"
+    torch.manual_seed(0)
+    build_pipeline(create_model("tiny", sample_size=32), DDPMScheduler(), LabelVocabulary()).save_pretrained(folder)
+    return folder
+
+
 # ---- Hub test double (tests/hub_server.py) ------------------------------------------------------------------------
 # Every Hub call of the suite goes to a loopback server speaking the Hub protocol. It starts here, at conftest import,
 # because huggingface_hub reads HF_ENDPOINT / HF_HOME / HF_HUB_DISABLE_XET once, when first imported, and that must

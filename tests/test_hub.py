@@ -22,6 +22,7 @@ from training.export import ExportError, export_pipeline, make_self_describing
 from training.hub import HubError, push_dataset_to_hub, push_pipeline_to_hub
 from training.model_card import evaluation_markdown
 from training.model_presets import create_model
+from training.run_record import data_source
 from training.sampling import build_pipeline
 from training_runs import launch_training
 
@@ -29,6 +30,10 @@ PIPELINE_FILES = {
     "model_index.json", "pipeline_iclevr.py", "conditional_unet.py", "vocabulary.py", "README.md", "samples.png",
     "training_args.json", "scheduler/scheduler_config.json", "unet/config.json", "unet/conditional_unet.py",
     "unet/diffusion_pytorch_model.safetensors",
+    # the demo, which a Space runs: the app, the code it imports from the checkout, what the Space installs
+    "scripts/demo.py", "training/__init__.py", "training/cli.py", "training/errors.py", "training/inference.py",
+    "training/samplers.py",
+    "requirements.txt",
 }
 REPORT = {"test.json": {"accuracy": {"mean": 0.8125, "std": 0.0125}},
           "new_test.json": {"accuracy": {"mean": 0.75, "std": 0.02}}}
@@ -44,9 +49,14 @@ importable = [name for name in ("pipeline", "training") if importlib.util.find_s
 pipe = DiffusionPipeline.from_pretrained(source, trust_remote_code=True, revision=revision)
 pipe.set_progress_bar_config(disable=True)
 image = pipe(labels=[["red sphere"]], num_inference_steps=2).images[0]
+try:
+    pipe(labels=[["red cubes"]], num_inference_steps=1)
+except ValueError as error:  # what code outside the repo can catch, with the class the pipeline exposes
+    label_error = {"message": str(error), "is_pipe_label_error": isinstance(error, pipe.LabelError)}
 print(json.dumps({"class": type(pipe).__name__, "pipeline_file": inspect.getfile(type(pipe)),
                   "unet_file": inspect.getfile(type(pipe.unet)), "modules_cache": HF_MODULES_CACHE,
-                  "image_size": list(image.size), "sys_path": sys.path, "repo_importable": importable}))
+                  "image_size": list(image.size), "sys_path": sys.path, "repo_importable": importable,
+                  "label_error": label_error}))
 """
 
 
@@ -118,6 +128,15 @@ def test_exported_folder_loads_offline_in_a_fresh_process_outside_the_repo(train
     _assert_loaded_from_remote_code(loaded)
 
 
+def test_a_bad_label_in_other_code_is_a_value_error_whose_class_the_pipeline_exposes(trained_dir, tmp_path):
+    folder = export_pipeline(trained_dir, tmp_path / "export")
+
+    loaded = _load_outside_the_repo(tmp_path, str(folder), HF_HUB_OFFLINE="1")
+
+    assert loaded["label_error"]["is_pipe_label_error"]
+    assert "'red cubes' is not a label; did you mean 'red cube'?" in loaded["label_error"]["message"]
+
+
 # ---- what is exported and pushed --------------------------------------------------------------------------------
 
 
@@ -163,6 +182,26 @@ def test_model_card_shows_the_loading_snippet_labels_training_settings_and_evalu
     assert "![Samples](samples.png)" in card and "1. red sphere, cyan cylinder, cyan cube" in card
     assert "| `model_config_name_or_path` | tiny |" in card
     assert "| test.json | 0.8125 ± 0.0125 |" in card
+
+
+def test_model_card_says_what_was_trained_and_on_which_data_beside_the_flags(model_dir, tmp_path):
+    trained = {"steps": 2, "epochs": 0.4, "images_seen": 16,
+               "data": {"source": "hub", "dataset": "tester/shapes", "revision": "abc123", "images": 36}}
+    (model_dir / "training_args.json").write_text(json.dumps({"model_config_name_or_path": "tiny", "resolution": 32,
+                                                              "num_train_epochs": 100, "trained": trained}))
+
+    card = (export_pipeline(model_dir, tmp_path / "export") / "README.md").read_text()
+
+    assert ("Trained for 2 optimiser steps (0.4 epochs, 16 images seen) on the 36 images of the Hub data set "
+            "[tester/shapes](https://huggingface.co/datasets/tester/shapes) at revision `abc123`.") in card
+    assert "epochs: 100" not in card and "| `num_train_epochs` | 100 |" in card  # a flag, listed as one
+    assert "| `trained` |" not in card
+
+
+def test_a_hub_data_set_is_recorded_with_the_commit_it_was_read_at(tiny_iclevr_dir, hub_repo_id):
+    commit = push_dataset_to_hub(tiny_iclevr_dir, hub_repo_id)
+
+    assert data_source(None, hub_repo_id) == {"source": "hub", "dataset": hub_repo_id, "revision": commit.oid}
 
 
 def test_evaluate_py_reports_become_one_row_per_condition_set_with_mean_and_std():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,15 @@ TINY_RUN = [
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_iclevr_dir, tmp_path_factory) -> Path:
+def tiny_launch(tiny_iclevr_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     output_dir = tmp_path_factory.mktemp("train") / "run"
-    launch_training(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir))
-    return output_dir
+    result = launch_training(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir))
+    return output_dir, result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_launch) -> Path:
+    return tiny_launch[0]
 
 
 def test_training_keeps_only_the_newest_checkpoints(tiny_run):
@@ -58,6 +64,26 @@ def test_validation_writes_a_grid_every_validation_steps(tiny_run):
 def test_training_logs_loss_lr_grad_norm_and_throughput_every_step(tiny_run):
     for tag in ("loss", "lr", "grad_norm", "images_per_second", "epoch", "cpu_threads"):
         assert sorted(logged_scalars(tiny_run, tag)) == list(range(1, 9)), tag
+
+
+def test_training_args_record_what_was_trained_next_to_the_flags(tiny_run, tiny_iclevr_dir):
+    training_args = json.loads((tiny_run / "training_args.json").read_text())
+
+    assert training_args["num_train_epochs"] == 100  # the flag, which --max_train_steps 8 overrode
+    # 36 images at batch 8: 5 steps an epoch, the fifth of 4 images; 8 steps = one epoch and 3 full batches.
+    assert training_args["trained"] == {
+        "steps": 8, "epochs": 1.6, "images_seen": 36 + 3 * 8,
+        "data": {"source": "folder", "path": str(tiny_iclevr_dir.resolve()), "images": 36},
+    }
+
+
+def test_the_run_ends_with_one_summary_line(tiny_launch):
+    output_dir, result = tiny_launch
+    last_line = result.stdout.strip().splitlines()[-1]
+
+    assert last_line.startswith("Trained 8 steps (1.6 epochs, 60 images) in ")
+    assert " wall time, " in last_line and " images/s while training; " in last_line
+    assert last_line.endswith(f"the pipeline is in {output_dir}")
 
 
 def test_cpu_training_uses_every_core_by_default_whatever_accelerate_exported(tiny_run):

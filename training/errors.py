@@ -11,8 +11,6 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from pipeline.vocabulary import LabelError
-
 
 class UserError(Exception):
     """An error the user can fix (bad input, a bad flag, an unreachable server); the message is one line."""
@@ -27,6 +25,9 @@ def one_line(error: BaseException) -> str:
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """Turns user errors, label errors, OS errors and running out of memory into `error: ...` and exit status 1."""
+    # Imported here: the demo shipped in an exported folder imports this module where `pipeline` is not a package.
+    from pipeline.vocabulary import LabelError
+
     try:
         yield
     except (UserError, LabelError, OSError) as error:

@@ -20,18 +20,24 @@ of the class. So `export_pipeline` writes a *separate* folder and never touches 
 loadable with `ICLEVRPipeline.from_pretrained`; `make_self_describing` rewrites a folder in place for callers that want
 the folder itself loadable by plain diffusers (and then load it with DiffusionPipeline + trust_remote_code, in this
 repo too).
+
+`export_pipeline` also ships the demo (`scripts/demo.py` and the code it imports from this checkout) with a
+requirements.txt and a README front-matter that lets the Hub run the folder as a Gradio Space.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+from packaging.requirements import Requirement
 
 from pipeline import ICLEVRPipeline, LabelVocabulary
 from pipeline.vocabulary import DEFAULT_MAX_OBJECTS
@@ -51,6 +57,16 @@ EVALUATION_REPORT = "report.json"  # scripts/evaluate.py's report
 # Extra files of a training output folder that belong on the Hub; checkpoints, logs, validation grids stay behind.
 EXTRA_FILES = (SAMPLES, TRAINING_ARGS)
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+REPO_ROOT = CODE_DIR.parent
+# The demo app and what it imports from this checkout (the rest are installed packages; the pipeline code it runs is
+# the folder's own), at the same paths, so `python scripts/demo.py` inside the folder serves the folder's model.
+DEMO_APP = "scripts/demo.py"
+DEMO_FILES = (DEMO_APP, "training/__init__.py", "training/cli.py", "training/errors.py", "training/inference.py",
+              "training/samplers.py")
+# What a Space installs besides gradio (the front-matter's sdk_version): the packages the demo and the pipeline code
+# import, pinned as this checkout's requirements.txt pins them.
+SPACE_REQUIREMENTS = "requirements.txt"
+SPACE_PACKAGES = ("torch", "diffusers", "huggingface_hub", "safetensors", "numpy", "Pillow")
 
 
 class ExportError(UserError, ValueError):
@@ -210,6 +226,23 @@ def _labels(index: dict[str, Any]) -> list[str]:
     return sorted(labels, key=labels.__getitem__) if isinstance(labels, dict) else list(labels)
 
 
+def add_demo(folder: Path) -> None:
+    """Copies the demo and the code it imports into `folder`, with the Space's requirements.txt."""
+    for name in DEMO_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO_ROOT / name, folder / name)
+    lines = (line.split("#")[0].strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines())
+    pins = {Requirement(line).name: line for line in lines if line}
+    (folder / SPACE_REQUIREMENTS).write_text("".join(f"{pins[name]}\n" for name in SPACE_PACKAGES))
+
+
+def _space_settings() -> dict[str, str]:
+    """The README front-matter entries that make the Hub run the folder as a Gradio Space."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return {"sdk": "gradio", "sdk_version": importlib.metadata.version("gradio"), "app_file": DEMO_APP,
+            "python_version": python}
+
+
 def write_model_card(folder: str | Path, *, hub_model_id: str | None = None, revision: str | None = None) -> Path:
     """Writes README.md for a self-describing pipeline folder from what the folder holds; returns its path."""
     folder = Path(folder)
@@ -227,10 +260,12 @@ def write_model_card(folder: str | Path, *, hub_model_id: str | None = None, rev
         unet_config=unet_config,
         num_parameters=_num_parameters(folder / "unet"),
         scheduler=_components(index).get("scheduler", ["", "its scheduler"])[1],
-        code_files=sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/*.py")),
+        code_files=sorted(p for p in (p.relative_to(folder).as_posix() for p in folder.glob("**/*.py"))
+                          if p not in DEMO_FILES),
         sample_lists=validation_label_lists(LabelVocabulary(labels)) if has_samples else None,
         training_args=_read_json_object(training_args, "the training arguments") if training_args.is_file() else None,
         evaluation=_read_json_object(report, "an evaluation report") if report.is_file() else None,
+        space=_space_settings() if (folder / DEMO_APP).is_file() else None,
     )
     card.save(folder / MODEL_CARD)
     return folder / MODEL_CARD
@@ -248,11 +283,11 @@ def export_pipeline(
 
     The copy holds model_index.json, the component folders (safetensors weights, configs, code), the pipeline code,
     samples.png / training_args.json when present, the evaluation report (`evaluation_report`, else
-    `model_dir/report.json` when present) and a model card (README.md) whose snippet loads `hub_model_id` at
-    `revision`. Nothing else of the training output (checkpoints, logs, validation grids) is copied, and `model_dir`
-    is left as it was. An `export_dir` holding an earlier export is replaced; any other non-empty folder is refused.
-    The export is written beside `export_dir` and swapped in when complete, so a failed export leaves an earlier
-    one as it was.
+    `model_dir/report.json` when present), the demo (see `add_demo`) and a model card (README.md) whose snippet
+    loads `hub_model_id` at `revision` and whose front-matter lets the Hub run the folder as a Space. Nothing else
+    of the training output (checkpoints, logs, validation grids) is copied, and `model_dir` is left as it was. An
+    `export_dir` holding an earlier export is replaced; any other non-empty folder is refused. The export is written
+    beside `export_dir` and swapped in when complete, so a failed export leaves an earlier one as it was.
     """
     model_dir, export_dir = Path(model_dir), Path(export_dir)
     index = read_pipeline_index(model_dir)
@@ -278,6 +313,7 @@ def export_pipeline(
         if report.is_file():
             shutil.copyfile(report, work / EVALUATION_REPORT)
         make_self_describing(work)
+        add_demo(work)
         write_model_card(work, hub_model_id=hub_model_id, revision=revision)
         replace_folder(work, export_dir)
     return export_dir

@@ -35,7 +35,8 @@ sampled with classifier-free guidance (`guidance_scale`) and, by default, {{ sch
 this repository (`{{ code_files | join("`, `") }}`) and diffusers imports it. Read that code before you trust it,
 and pin `revision` to a commit hash, so that later pushes cannot change the code you run.
 
-Label lists must use the labels below; an unknown name raises an error that names the closest label.
+Label lists must use the labels below; an unknown name raises an error that names the closest label (a
+`ValueError`; its class is `pipe.LabelError`, since the pipeline's module cannot be imported by name).
 `num_inference_steps` (default 25), `guidance_scale` (default {{ guidance_scale }}; 1 turns guidance off), `generator`,
 `output_type` ("pil", "np", "pt") and `return_intermediates` (snapshots of the denoising process) are the other
 arguments.
@@ -68,7 +69,9 @@ Label lists of the grid, left to right, top to bottom:
 
 ## Training
 {% if training_args %}
-{% if key_settings %}{{ key_settings }}
+{% if trained %}{{ trained }}
+
+{% endif %}{% if key_settings %}{{ key_settings }}
 {% endif %}
 <details>
 <summary>All training arguments (training_args.json)</summary>
@@ -88,16 +91,21 @@ The training arguments were not recorded with this model (no training_args.json)
 {{ evaluation }}
 
 The raw numbers are in [report.json](report.json).
+{% endif %}{% if space %}
+## Demo
+
+`{{ space.app_file }}` is a Gradio app for this model: pick up to {{ max_objects }} objects, choose the sampler,
+steps, guidance and seed, and see the images and their denoising. In a download of this repository:
+`pip install -r requirements.txt gradio=={{ space.sdk_version }}`, then `python {{ space.app_file }}` (it serves the
+model in its own folder). Pushed as a Space, e.g. `hf upload your-name/iclevr-demo . --repo-type space`, the Hub runs
+it (the front-matter above names the app). It imports `training/` of this repository besides installed packages.
 {% endif %}"""
 
-# The settings worth a line of their own; the full list goes into a collapsed table.
+# The settings worth a line of their own; the full list goes into a collapsed table. How long the run trained and
+# on what is the record under "trained" (training/run_record.py), not --max_train_steps / --num_train_epochs.
 KEY_SETTINGS = (
     ("model_config_name_or_path", "model"),
-    ("dataset_name", "data set"),
-    ("train_data_dir", "data folder"),
     ("resolution", "resolution"),
-    ("max_train_steps", "optimiser steps"),
-    ("num_train_epochs", "epochs"),
     ("train_batch_size", "batch size per device"),
     ("learning_rate", "learning rate"),
     ("lr_scheduler", "LR schedule"),
@@ -179,6 +187,25 @@ def _summary(values: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def trained_markdown(trained: dict[str, Any]) -> str:
+    """A run's record (training/run_record.py) as one sentence: steps, epochs, images seen, and which data."""
+    data = trained["data"]
+    if data["source"] == "synthetic":
+        where = (f"the built-in synthetic i-CLEVR ({data['scenes']} scenes, seed {data['seed']}, renderer version "
+                 f"{data['renderer_version']})")
+    elif data["source"] == "hub":
+        revision = f" at revision `{data['revision']}`" if data["revision"] else " (revision not recorded)"
+        where = f"the Hub data set [{data['dataset']}](https://huggingface.co/datasets/{data['dataset']}){revision}"
+    elif data["source"] == "saved":
+        where = f"the `datasets` folder `{data['path']}`"
+    else:
+        where = f"the i-CLEVR folder `{data['path']}`"
+    return (
+        f"Trained for {trained['steps']:,} optimiser steps ({trained['epochs']:g} epochs, {trained['images_seen']:,} "
+        f"images seen) on the {data['images']:,} images of {where}."
+    )
+
+
 def evaluation_markdown(report: dict[str, Any]) -> str:
     """An evaluation report as markdown, tolerant of its exact layout.
 
@@ -220,13 +247,19 @@ def render_model_card(
     sample_lists: Sequence[Sequence[str]] | None = None,
     training_args: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
+    space: dict[str, str] | None = None,
 ) -> ModelCard:
-    """The model card; `sample_lists` (label lists of samples.png), `training_args` and `evaluation` are optional."""
-    dataset = (training_args or {}).get("dataset_name")
+    """The model card; `sample_lists` (label lists of samples.png), `training_args` (the flags, and under "trained"
+    what they trained: training/run_record.py), `evaluation` and `space` (front-matter entries that let the Hub run
+    the folder's demo as a Space) are optional."""
+    training_args = dict(training_args or {})
+    trained = training_args.pop("trained", None)
+    dataset = training_args.get("dataset_name")
     card_data = ModelCardData(
         library_name="diffusers",
         tags=["diffusers", "i-clevr", "ddpm", "class-conditional", "classifier-free-guidance", "image-generation"],
         datasets=[dataset] if dataset and "/" in str(dataset) else None,
+        **(space or {}),
     )
     settings = [
         f"{title}: {_cell(training_args[key])}"
@@ -249,6 +282,8 @@ def render_model_card(
         guidance_scale=DEFAULT_GUIDANCE_SCALE,
         sample_lists=[list(names) for names in sample_lists] if sample_lists else None,
         training_args=[(key, _cell(value)) for key, value in training_args.items()] if training_args else None,
+        trained=trained_markdown(trained) if trained else None,
         key_settings="; ".join(settings),
         evaluation=evaluation_markdown(evaluation) if evaluation else None,
+        space=space,
     )

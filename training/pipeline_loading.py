@@ -1,10 +1,11 @@
-"""Loading a trained pipeline to score it, without running or unpickling anything that came with it.
+"""Loading a trained pipeline to score or use it, without running or unpickling anything that came with it.
 
 A pipeline folder (a training --output_dir, an export) or Hub repo may ship Python code (pipeline_iclevr.py, ...) and
 other weight formats; `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` would import that code. Here
 the pipeline is rebuilt from this checkout's classes, the folder's configs and its safetensors weights only: a
 planted .py file is never imported and a pickled weights file never read. From the Hub only those files are
-downloaded.
+downloaded (at a revision, when given). `pipeline_vocabulary` reads the labels from model_index.json alone, so label
+lists can be checked before any weights load.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from diffusers import SchedulerMixin
 from huggingface_hub import snapshot_download
 from safetensors import SafetensorError
 
-from pipeline import ConditionalUNet2DModel, ICLEVRPipeline
+from pipeline import ConditionalUNet2DModel, ICLEVRPipeline, LabelVocabulary
 from pipeline.vocabulary import DEFAULT_LABELS
 from training.evaluation import EvaluationError
 
@@ -29,17 +30,14 @@ PIPELINE_FILES = ("model_index.json", "unet/config.json", "unet/diffusion_pytorc
 
 
 def load_pipeline(
-    name_or_path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    name_or_path: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
 ) -> ICLEVRPipeline:
-    """An `ICLEVRPipeline` from a local pipeline folder or a Hub id (see the module docstring)."""
-    folder = Path(name_or_path).expanduser()
-    if not (folder / "model_index.json").is_file():
-        if folder.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-            raise EvaluationError(
-                f"--pipeline {name_or_path}: no pipeline there (no model_index.json); give a training "
-                "--output_dir or a Hub id like user/iclevr-ddpm"
-            )
-        folder = _download(name_or_path)
+    """An `ICLEVRPipeline` from a local pipeline folder or a Hub id at `revision` (see the module docstring)."""
+    folder = _local_folder(name_or_path) or _download(name_or_path, PIPELINE_FILES, revision)
     try:
         pipeline = _rebuild(folder, dtype)
     except (OSError, ValueError, SafetensorError, TypeError, KeyError) as error:
@@ -51,9 +49,34 @@ def load_pipeline(
     return pipeline.to(device)
 
 
-def _download(repo_id: str) -> Path:
+def pipeline_vocabulary(name_or_path: str, *, revision: str | None = None) -> tuple[LabelVocabulary, str | None]:
+    """The label vocabulary of a pipeline folder or Hub id, from its model_index.json alone; and the Hub commit it
+    was read at (None for a local folder), to load the weights at that same commit."""
+    folder = _local_folder(name_or_path)
+    commit = None
+    if folder is None:
+        folder = _download(name_or_path, ("model_index.json",), revision)
+        commit = folder.name  # huggingface_hub's snapshot folders are named by commit
+    labels = _read_index(folder / "model_index.json").get("labels") or DEFAULT_LABELS
+    return LabelVocabulary(sorted(labels, key=labels.__getitem__) if isinstance(labels, dict) else labels), commit
+
+
+def _local_folder(name_or_path: str) -> Path | None:
+    """The pipeline folder `name_or_path` names, or None for a Hub id; anything else is refused in one line."""
+    folder = Path(name_or_path).expanduser()
+    if (folder / "model_index.json").is_file():
+        return folder
+    if folder.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        raise EvaluationError(
+            f"--pipeline {name_or_path}: no pipeline there (no model_index.json); give a training "
+            "--output_dir or a Hub id like user/iclevr-ddpm"
+        )
+    return None
+
+
+def _download(repo_id: str, files: tuple[str, ...], revision: str | None) -> Path:
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=list(PIPELINE_FILES)))
+        return Path(snapshot_download(repo_id, allow_patterns=list(files), revision=revision))
     except Exception as error:  # a missing repo, a network failure: every one means "cannot load"
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise EvaluationError(

@@ -143,5 +143,3 @@ def default_scheduler(noise_scheduler_config: Mapping[str, Any]) -> SchedulerMix
 # UniPC, DDIM) trailed by 4-6 points, whatever its settings: their probability-flow path keeps an imperfect model's
 # errors, which fresh noise at every step washes out. Trailing timesteps start the 25 steps at the noisiest one.
 DEFAULT_SAMPLER = "sde-dpmsolver++,timestep_spacing=trailing"
-DEFAULT_INFERENCE_STEPS = 25
-DEFAULT_GUIDANCE_SCALE = 2.0

@@ -1,0 +1,44 @@
+"""Running a loaded pipeline: the device, the UNet's precision and the pipeline's own call defaults. Used by
+scripts/generate.py, scripts/evaluate.py and scripts/demo.py.
+
+The demo also runs from an exported folder or a Space (training/export.py ships this file with it), where this
+repo's `pipeline` package is not importable, so this module imports only installed packages and training/errors.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+from training.errors import UserError
+
+# The precisions a pipeline's UNet can sample in (`--dtype`); latents and scheduler arithmetic stay float32.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DeviceError(UserError, ValueError):
+    """A device that cannot be used; the message says what to give instead."""
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`--device`: cpu or cuda[:N]; None picks cuda when available."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise DeviceError(f"--device {name!r} is not supported; use cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was given but no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+
+
+def call_defaults(pipeline: DiffusionPipeline) -> dict[str, Any]:
+    """The pipeline's own `num_inference_steps` and `guidance_scale` defaults, read from its `__call__`: a
+    pipeline shipped with its code (an export, a Space) brings its own."""
+    parameters = inspect.signature(type(pipeline).__call__).parameters
+    return {name: parameters[name].default for name in ("num_inference_steps", "guidance_scale")}

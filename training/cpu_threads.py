@@ -61,7 +61,8 @@ def physical_cores() -> int:
     for cpu in sorted(_allowed_cpus()):
         topology = _SYS_CPU / f"cpu{cpu}" / "topology"
         try:
-            cores.add((topology / "physical_package_id").read_text().strip() + ":" + (topology / "core_id").read_text().strip())
+            package, core = ((topology / name).read_text().strip() for name in ("physical_package_id", "core_id"))
+            cores.add(f"{package}:{core}")
         except OSError:
             cores.add(str(cpu))  # no topology information: count the CPU as its own core
     return max(1, len(cores))
@@ -106,7 +107,8 @@ def _process_tree_ticks(root: int) -> int:
             continue  # the process ended meanwhile
         fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
         parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+        # utime + stime + cutime + cstime: a child that ended (a finished worker, a subprocess) still counts as own
+        ticks[int(entry.name)] = sum(int(value) for value in fields[11:15])
     total, frontier = 0, [root]
     children: dict[int, list[int]] = {}
     for pid, parent in parents.items():
@@ -118,13 +120,29 @@ def _process_tree_ticks(root: int) -> int:
     return total
 
 
+def _sample(cpus: set[int]) -> tuple[int, int, int] | None:
+    """(busy, total) ticks of `cpus` and this process tree's ticks; None where /proc/stat does not exist."""
+    ticks = _busy_ticks(cpus)
+    return None if ticks is None else (*ticks, _process_tree_ticks(os.getpid()))
+
+
+# The first look at the load, taken when this module is imported: a process creates its CpuThreads after seconds of
+# importing torch and diffusers, so its first thread count already follows the load over that time. Without it, a
+# short run beside a busy process (a CLI call, a test's subprocess) would spend its first second on every core.
+MIN_FIRST_WINDOW = 0.2  # seconds; a shorter window holds too few clock ticks to judge
+_IMPORT_CPUS = _allowed_cpus()
+_IMPORT_SAMPLE = (time.monotonic(), _sample(_IMPORT_CPUS))
+
+
 class CpuThreads:
     """The CPU thread policy of one process: `auto` (adapts to other load) or a fixed count.
 
     threads: the count in use now. describe(): what to record in run_info.json and the tracker config.
     """
 
-    def __init__(self, policy: str | int = AUTO, *, device: torch.device | str = "cpu", interval: float = MEASURE_INTERVAL):
+    def __init__(
+        self, policy: str | int = AUTO, *, device: torch.device | str = "cpu", interval: float = MEASURE_INTERVAL
+    ):
         self.policy = policy
         self.interval = interval
         self.on_cpu = torch.device(device).type == "cpu"
@@ -139,15 +157,15 @@ class CpuThreads:
         if self.on_cpu:
             torch.set_num_threads(self.threads)
         self._last_time = time.monotonic()
-        self._last_sample = self._sample() if self.adaptive else None
-
-    def _sample(self) -> tuple[int, int, int]:
-        busy, total = _busy_ticks(self.cpus)
-        return busy, total, _process_tree_ticks(os.getpid())
+        self._last_sample = _sample(self.cpus) if self.adaptive else None
+        imported_at, imported_sample = _IMPORT_SAMPLE
+        if self.adaptive and self.cpus == _IMPORT_CPUS and self._last_time - imported_at >= MIN_FIRST_WINDOW:
+            self._last_sample = imported_sample
+            self._set(self.other_load())
 
     def other_load(self) -> float:
         """Cores' worth of CPU that other processes used since the last measurement (sibling ranks excluded)."""
-        sample = self._sample()
+        sample = _sample(self.cpus)
         busy, total, own = (now - before for now, before in zip(sample, self._last_sample))
         self._last_sample = sample
         if total <= 0:
@@ -164,13 +182,16 @@ class CpuThreads:
         if now - self._last_time < self.interval:
             return self.threads
         self._last_time = now
-        load = self.other_load()
-        threads = min(self.share, max(1, self.share - math.floor(load + (1 - YIELD_THRESHOLD))))
+        self._set(self.other_load())
+        return self.threads
+
+    def _set(self, other_load: float) -> None:
+        """The share minus one thread per core of `other_load` (rounded at YIELD_THRESHOLD), at least one."""
+        threads = min(self.share, max(1, self.share - math.floor(other_load + (1 - YIELD_THRESHOLD))))
         if threads != self.threads:
             self.reductions += threads < self.threads
             self.threads = threads
             torch.set_num_threads(threads)
-        return self.threads
 
     def step_callback(self, pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
         """A diffusers `callback_on_step_end` that keeps the policy up to date while a pipeline samples."""

@@ -30,6 +30,9 @@ TINY_RUN = [
     "--random_flip",
     "--mixed_precision", "bf16",
     "--report_to", "tensorboard",
+    # The resume test compares losses bit for bit: a fixed thread count, since `auto` follows the machine's load
+    # and another count sums floats in another order.
+    "--cpu_threads", "1",
 ]
 
 
@@ -86,12 +89,24 @@ def test_the_run_ends_with_one_summary_line(tiny_launch):
     assert last_line.endswith(f"the pipeline is in {output_dir}")
 
 
-def test_cpu_training_uses_every_core_by_default_whatever_accelerate_exported(tiny_run):
+def test_cpu_training_uses_every_core_by_default_whatever_accelerate_exported(tiny_iclevr_dir, tmp_path):
+    launch_training("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path),
+                    "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "4",
+                    "--max_train_steps", "2", "--validation_steps", "100", "--validation_inference_steps", "1",
+                    "--report_to", "tensorboard")
+
     # The launch exported OMP_NUM_THREADS=1 (accelerate's default); the auto policy takes the cores back.
-    info = json.loads((tiny_run / "run_info.json").read_text())
+    info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["cpu_thread_policy"] == "auto"
     assert info["cpu_threads"] == physical_cores()
-    assert max(logged_scalars(tiny_run, "cpu_threads").values()) <= physical_cores()
+    assert 1 <= min(logged_scalars(tmp_path, "cpu_threads").values())
+    assert max(logged_scalars(tmp_path, "cpu_threads").values()) <= physical_cores()
+
+
+def test_a_fixed_cpu_thread_count_is_recorded_and_kept(tiny_run):
+    info = json.loads((tiny_run / "run_info.json").read_text())
+    assert (info["cpu_thread_policy"], info["cpu_threads"]) == ("1", 1)
+    assert set(logged_scalars(tiny_run, "cpu_threads").values()) == {1}
 
 
 def test_training_leaves_a_loadable_pipeline_and_a_sample_grid(tiny_run):

@@ -55,6 +55,14 @@ VARIANTS: dict[str, dict] = {
     "v-min-snr-adagn-lr1e-3": {"model": {"resnet_time_scale_shift": "scale_shift"}, "learning_rate": 1e-3},
     "v-min-snr-batch16": {"train_batch_size": 16},
     "v-min-snr-ema999": {"ema_max_decay": 0.999},
+    # self-attention at 8x8 as well as 4x4: objects at 32x32 span a few 8x8 cells, so colour and shape of one object
+    # can be bound across them there (new_test's weak point: two objects of one colour, different shapes)
+    "v-min-snr-adagn-lr1e-3-attn8": {
+        "model": {"resnet_time_scale_shift": "scale_shift",
+                  "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+                  "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]},
+        "learning_rate": 1e-3,
+    },
 }
 
 

@@ -21,7 +21,6 @@ from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.cli import ArgumentParser, check_writable, non_negative_int, positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.evaluation import (
-    EvaluationError,
     evaluate_pipeline,
     format_table,
     load_condition_sets,

@@ -30,7 +30,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import make_image_grid
 
 from training.errors import UserError, one_line
-from training.inference import DTYPES, call_defaults, resolve_device
+from training.inference import DTYPES, add_device_arguments, call_defaults, resolve_device
 from training.samplers import SAMPLERS, SamplerError, sampler_name, set_sampler
 
 MAX_STEPS = 1000  # DDPM's training count
@@ -161,8 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "ships in, when it holds a pipeline).")
     parser.add_argument("--port", type=int, default=None, help="Server port (default: gradio's, 7860 or next free).")
     parser.add_argument("--share", action="store_true", help="Also serve through a temporary public gradio.live link.")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision.")
+    add_device_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -29,9 +29,9 @@ from training.evaluation import (
 from training.errors import one_line_errors
 from training.evaluator import load_evaluator
 from training.figures import denoising_figure, image_grid
-from training.inference import DTYPES, resolve_device
+from training.inference import DTYPES, add_device_arguments, resolve_device
 from training.pipeline_loading import load_pipeline
-from training.samplers import SAMPLERS, parse_sampler, sampler_name, set_sampler
+from training.samplers import add_scheduler_argument, parse_sampler, sampler_name, set_sampler
 from training.sampling import validation_label_lists
 
 DENOISING_FRAMES = 10
@@ -44,16 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test.json-style condition files (a JSON list of label lists); repeat for several.")
     parser.add_argument("--evaluator_checkpoint", required=True,
                         help="The evaluator checkpoint ({'model': state_dict} of a ResNet-18, like checkpoint.pth).")
-    parser.add_argument("--scheduler", default=None,
-                        help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
-                             "ddim,eta=1); default: the one the pipeline was saved with.")
+    add_scheduler_argument(parser)
     parser.add_argument("--num_inference_steps", type=positive_int, default=25)
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated at once.")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision; scoring is fp32.")
+    add_device_arguments(parser, dtype_help="The UNet's precision; scoring is fp32.")
     add_cpu_threads_argument(parser)
     return parser
 

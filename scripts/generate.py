@@ -30,9 +30,9 @@ from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import load_condition_file
 from training.errors import one_line_errors
 from training.figures import captioned_grid
-from training.inference import DTYPES, call_defaults, resolve_device
+from training.inference import DTYPES, add_device_arguments, call_defaults, resolve_device
 from training.pipeline_loading import load_pipeline, pipeline_vocabulary
-from training.samplers import SAMPLERS, parse_sampler, sampler_name, set_sampler
+from training.samplers import add_scheduler_argument, parse_sampler, sampler_name, set_sampler
 
 MANIFEST = "manifest.json"
 GRID = "grid.png"
@@ -48,17 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="A test.json-style file (a JSON list of label lists); repeatable.")
     parser.add_argument("--num_images_per_prompt", type=positive_int, default=1, help="Images per label list.")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="Image j of every list is drawn from seed + j.")
-    parser.add_argument("--scheduler", default=None,
-                        help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
-                             "ddim,eta=1); default: the one the pipeline was saved with.")
+    add_scheduler_argument(parser)
     parser.add_argument("--num_inference_steps", type=positive_int, default=None,
                         help="Denoising steps (default: the pipeline's own, 25 for this repo's).")
     parser.add_argument("--guidance_scale", type=float, default=None,
                         help="Classifier-free guidance weight; 1 turns it off (default: the pipeline's own).")
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=32, help="At most this many images per call.")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="The UNet's precision.")
+    add_device_arguments(parser)
     add_cpu_threads_argument(parser)
     return parser
 

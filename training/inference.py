@@ -7,6 +7,7 @@ repo's `pipeline` package is not importable, so this module imports only install
 
 from __future__ import annotations
 
+import argparse
 import inspect
 from typing import Any
 
@@ -21,6 +22,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class DeviceError(UserError, ValueError):
     """A device that cannot be used; the message says what to give instead."""
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, *, dtype_help: str = "The UNet's precision.") -> None:
+    """`--device` (see `resolve_device`) and `--dtype` (a key of DTYPES, default fp32)."""
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help=dtype_help)
 
 
 def resolve_device(name: str | None) -> torch.device:

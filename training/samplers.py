@@ -10,6 +10,7 @@ epsilon at high noise otherwise turns DPM-Solver++ samples into noise.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -43,6 +44,13 @@ CALL_ARGUMENTS = {"eta": DDIMScheduler}  # pipeline call arguments a spec may se
 
 class SamplerError(UserError, ValueError):
     """A sampler spec that cannot be built; the message names what is allowed."""
+
+
+def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
+    """`--scheduler SPEC` (see `parse_sampler`); None keeps the sampler the pipeline was saved with."""
+    parser.add_argument("--scheduler", default=None,
+                        help=f"Sampler: {', '.join(SAMPLERS)}, optionally with settings (NAME,key=value,...; e.g. "
+                             "ddim,eta=1); default: the one the pipeline was saved with.")  # fmt: skip
 
 
 @dataclass(frozen=True)

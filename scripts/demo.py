@@ -146,8 +146,10 @@ def build_demo(pipe: DiffusionPipeline, title: str) -> gr.Blocks:
                 # PNG, not gradio's default WebP: the images are exactly what generate.py writes.
                 gallery = gr.Gallery(label="images", columns=4, height=340, format="png", elem_id="images")
                 process = gr.Image(label="denoising process", type="pil", format="png", height=320, elem_id="process")
-        for box in boxes:
-            box.change(show_pick, boxes, pick, api_visibility="private")
+        # One listener for the three rows, run one event at a time and always on the latest ticks: with one listener
+        # per row, two quick ticks on a busy server could answer out of order and leave the older pick showing.
+        gr.on([box.change for box in boxes], show_pick, boxes, pick, api_visibility="private",
+              trigger_mode="always_last", concurrency_limit=1)  # fmt: skip
         button.click(generate, [*boxes, sampler, steps, guidance, seed, num_images], [status, gallery, process],
                      api_name="generate")  # fmt: skip
     return demo

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -29,11 +30,36 @@ def run_launch(command: list[str], env: dict[str, str] | None = None) -> subproc
     try:
         stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
+        # The workers may sit in a process group of their own; one left alive keeps the pipes open forever.
+        workers = _descendants(process.pid)
         os.killpg(process.pid, signal.SIGKILL)
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         stdout, stderr = process.communicate()
         pytest.fail(f"the launch did not finish in {LAUNCH_TIMEOUT} s: {' '.join(command)}\n"
                     f"stdout (end):\n{stdout[-2000:]}\nstderr (end):\n{stderr[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _descendants(root: int) -> list[int]:
+    """The live descendants of process `root` (its children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue  # it ended meanwhile
+        if stat:
+            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
+    found, frontier = [], [root]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            found.append(child)
+            frontier.append(child)
+    return found
 
 
 def launch_training(

@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from conftest import REPO_ROOT
+from training.cpu_threads import descendants
 
 LAUNCH_TIMEOUT = 300  # seconds; a tiny run takes 10-30 s
 
@@ -31,7 +31,7 @@ def run_launch(command: list[str], env: dict[str, str] | None = None) -> subproc
         stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
         # The workers may sit in a process group of their own; one left alive keeps the pipes open forever.
-        workers = _descendants(process.pid)
+        workers = descendants(process.pid)
         os.killpg(process.pid, signal.SIGKILL)
         for pid in workers:
             try:
@@ -42,24 +42,6 @@ def run_launch(command: list[str], env: dict[str, str] | None = None) -> subproc
         pytest.fail(f"the launch did not finish in {LAUNCH_TIMEOUT} s: {' '.join(command)}\n"
                     f"stdout (end):\n{stdout[-2000:]}\nstderr (end):\n{stderr[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
-def _descendants(root: int) -> list[int]:
-    """The live descendants of process `root` (its children, theirs, ...), read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue  # it ended meanwhile
-        if stat:
-            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
-    found, frontier = [], [root]
-    while frontier:
-        for child in children.get(frontier.pop(), []):
-            found.append(child)
-            frontier.append(child)
-    return found
 
 
 def launch_training(

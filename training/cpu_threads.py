@@ -94,10 +94,9 @@ def _busy_ticks(cpus: set[int]) -> tuple[int, int] | None:
     return busy, total
 
 
-def _process_tree_ticks(root: int) -> int:
-    """CPU clock ticks used by `root` and its live descendants (e.g. DataLoader workers)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU clock ticks) of every live process, from /proc."""
+    table = {}
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
@@ -106,18 +105,28 @@ def _process_tree_ticks(root: int) -> int:
         except OSError:
             continue  # the process ended meanwhile
         fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        parents[int(entry.name)] = int(fields[1])
         # utime + stime + cutime + cstime: a child that ended (a finished worker, a subprocess) still counts as own
-        ticks[int(entry.name)] = sum(int(value) for value in fields[11:15])
-    total, frontier = 0, [root]
+        table[int(entry.name)] = (int(fields[1]), sum(int(value) for value in fields[11:15]))
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
+    """The live descendants of process `root` (its children, theirs, ...)."""
     children: dict[int, list[int]] = {}
-    for pid, parent in parents.items():
+    for pid, (parent, _) in (table if table is not None else _process_table()).items():
         children.setdefault(parent, []).append(pid)
+    found, frontier = [], [root]
     while frontier:
-        pid = frontier.pop()
-        total += ticks.get(pid, 0)
-        frontier.extend(children.get(pid, ()))
-    return total
+        for child in children.get(frontier.pop(), ()):
+            found.append(child)
+            frontier.append(child)
+    return found
+
+
+def _process_tree_ticks(root: int) -> int:
+    """CPU clock ticks used by `root` and its live descendants (e.g. DataLoader workers)."""
+    table = _process_table()
+    return sum(table.get(pid, (0, 0))[1] for pid in [root, *descendants(root, table)])
 
 
 def _sample(cpus: set[int]) -> tuple[int, int, int] | None:

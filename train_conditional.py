@@ -31,10 +31,19 @@ from tqdm.auto import tqdm
 
 from pipeline import ConditionalUNet2DModel
 from training.args import parse_args
-from training.checkpointing import checkpoint_signature, checkpoint_step, load_checkpoint, save_checkpoint
-from training.data import load_training_set
+from training.checkpointing import (
+    checkpoint_signature,
+    checkpoint_step,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.cpu_threads import CpuThreads
-from training.distributed import check_one_distributed_run, parameter_checksum
+from training.data import load_training_set
+from training.distributed import (
+    check_one_distributed_run,
+    main_process_first_with_revision,
+    parameter_checksum,
+)
 from training.ema_state import register_ema_checkpointing
 from training.errors import one_line_errors
 from training.figures import denoising_figure, image_grid
@@ -43,11 +52,16 @@ from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss, timestep_weights
 from training.precision import apply_memory_format, create_optimizer, enable_tf32
 from training.preflight import check_before_training
-from training.run_record import data_source, summary_line, trained_record
+from training.run_record import summary_line, trained_record
 from training.sampling import build_pipeline
 from training.stability import NonFiniteGuard
+from training.tracking import (
+    init_trackers,
+    log_images,
+    log_pipeline_artifact,
+    tracker_config,
+)
 from training.training_evaluation import load_training_evaluation
-from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
 from training.validation import Validation
 
 logger = get_logger(__name__)
@@ -59,7 +73,9 @@ def main(args: argparse.Namespace) -> None:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
         # Per-epoch shuffles derived from the seed, so a resumed run sees the batches the first run would have.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # Accelerate compiles the model last in prepare(), around the DDP wrapper; None keeps the launch config's.
@@ -76,20 +92,21 @@ def main(args: argparse.Namespace) -> None:
     cpu_threads = CpuThreads(args.cpu_threads, device=accelerator.device)
     started = time.perf_counter()
 
-    # --- data: the main process renders / preprocesses into the cache first, the others then read it
-    with accelerator.main_process_first():
-        train_set = load_training_set(
-            train_data_dir=args.train_data_dir,
-            dataset_name=args.dataset_name,
-            image_column=args.image_column,
-            label_column=args.label_column,
-            resolution=args.resolution,
-            random_flip=args.random_flip,
-            flip_seed=args.seed,
-            cache_dir=args.cache_dir,
-        )
+    # --- data: the main process renders / preprocesses into the cache first (and picks a Hub data set's commit),
+    # the others then read the same data from the cache
+    train_set = main_process_first_with_revision(accelerator, lambda revision: load_training_set(
+        train_data_dir=args.train_data_dir,
+        dataset_name=args.dataset_name,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        resolution=args.resolution,
+        random_flip=args.random_flip,
+        flip_seed=args.seed,
+        cache_dir=args.cache_dir,
+        revision=revision,
+    ))  # fmt: skip
     vocabulary = train_set.vocabulary
-    data = data_source(args.train_data_dir, args.dataset_name)  # for training_args.json and the model card
+    data = train_set.source  # for training_args.json and the model card
     train_dataloader = DataLoader(
         train_set, batch_size=args.train_batch_size, shuffle=True, num_workers=args.dataloader_num_workers
     )
@@ -242,7 +259,9 @@ def main(args: argparse.Namespace) -> None:
             step_loss.zero_()
             accelerator.log(logs, step=global_step)
             progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}")
+            progress.set_postfix(
+                loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}"
+            )
 
             # Not while steps are skipped: the weights may have blown up, and the checkpoint would become "latest".
             if global_step % args.checkpointing_steps == 0 and not step_skipped:

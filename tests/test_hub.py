@@ -17,12 +17,11 @@ from PIL import Image
 
 from conftest import REPO_ROOT, import_script
 from pipeline import ICLEVRPipeline, LabelVocabulary
-from training.data import load_train_dataset
+from training.data import load_train_dataset, load_training_set
 from training.export import ExportError, export_pipeline, make_self_describing
 from training.hub import HubError, push_dataset_to_hub, push_pipeline_to_hub
 from training.model_card import evaluation_markdown
 from training.model_presets import create_model
-from training.run_record import data_source
 from training.sampling import build_pipeline
 from training_runs import launch_training
 
@@ -198,10 +197,28 @@ def test_model_card_says_what_was_trained_and_on_which_data_beside_the_flags(mod
     assert "| `trained` |" not in card
 
 
-def test_a_hub_data_set_is_recorded_with_the_commit_it_was_read_at(tiny_iclevr_dir, hub_repo_id):
+def test_a_hub_data_set_is_recorded_with_the_commit_it_was_read_at(tiny_iclevr_dir, hub_repo_id, tmp_path):
     commit = push_dataset_to_hub(tiny_iclevr_dir, hub_repo_id)
 
-    assert data_source(None, hub_repo_id) == {"source": "hub", "dataset": hub_repo_id, "revision": commit.oid}
+    train_set = load_training_set(dataset_name=hub_repo_id, resolution=32, cache_dir=tmp_path)
+
+    assert train_set.source == {"source": "hub", "dataset": hub_repo_id, "revision": commit.oid}
+
+
+def test_a_hub_data_set_given_a_revision_is_read_at_that_commit_after_main_moved_on(tiny_iclevr_dir, hub_repo_id,
+                                                                                   tmp_path):
+    first = push_dataset_to_hub(tiny_iclevr_dir, hub_repo_id)
+    smaller = tmp_path / "smaller"
+    shutil.copytree(tiny_iclevr_dir, smaller)
+    entries = json.loads((smaller / "train.json").read_text())
+    (smaller / "train.json").write_text(json.dumps(dict(list(entries.items())[:5])))
+    push_dataset_to_hub(smaller, hub_repo_id)
+
+    pinned = load_training_set(dataset_name=hub_repo_id, resolution=32, cache_dir=tmp_path, revision=first.oid)
+    latest = load_training_set(dataset_name=hub_repo_id, resolution=32, cache_dir=tmp_path)
+
+    assert (len(pinned), pinned.source["revision"]) == (len(entries), first.oid)
+    assert len(latest) == 5 and latest.source["revision"] != first.oid
 
 
 def test_evaluate_py_reports_become_one_row_per_condition_set_with_mean_and_std():

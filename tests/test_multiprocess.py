@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from conftest import REPO_ROOT
 from pipeline import ICLEVRPipeline
 from training.distributed import parameter_checksum
+from training.hub import push_dataset_to_hub
 from training.evaluation import evaluate_pipeline, image_generator, load_condition_sets
 from training.figures import image_grid
 from training.evaluator import build_evaluator, load_evaluator, save_evaluator
@@ -189,3 +190,23 @@ def test_processes_that_do_not_form_one_run_are_refused(tiny_iclevr_dir, tmp_pat
     assert "error: 2 processes were launched but Accelerate sees 1" in result.stderr
     assert "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_both_processes_train_on_the_hub_commit_the_main_process_resolved(tiny_iclevr_dir, hub_repo_id, hub_server,
+                                                                         tmp_path):
+    commit = push_dataset_to_hub(tiny_iclevr_dir, hub_repo_id)
+    hub_server.requests.clear()
+
+    result = launch_two_processes(
+        "--dataset_name", hub_repo_id, "--output_dir", str(tmp_path / "run"), "--model_config_name_or_path", "tiny",
+        "--resolution", "32", "--train_batch_size", "4", "--max_train_steps", "2", "--lr_warmup_steps", "0",
+        "--validation_inference_steps", "1", "--report_to", "none", "--cache_dir", str(tmp_path / "cache"),
+        use_cpu=True,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((tmp_path / "run" / "training_args.json").read_text())["trained"]
+    assert trained["data"] == {"source": "hub", "dataset": hub_repo_id, "revision": commit.oid, "images": NUM_IMAGES}
+    # Only the main process asked where the main branch points; the other read the commit it was given.
+    unpinned = {f"/api/datasets/{hub_repo_id}", f"/api/datasets/{hub_repo_id}/revision/main"}
+    assert len([r for r in hub_server.find_requests("GET", "/api/datasets/") if r.path in unpinned]) == 1

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import httpx
 import numpy as np
 import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.vocabulary import DEFAULT_LABELS, LabelError, LabelVocabulary
@@ -114,18 +117,20 @@ def load_train_dataset(
     *,
     num_synthetic_scenes: int = DEFAULT_SYNTHETIC_SCENES,
     synthetic_seed: int = DEFAULT_SYNTHETIC_SEED,
+    revision: str | None = None,
 ) -> datasets.Dataset:
     """The training set as a `datasets.Dataset` with columns "image" (datasets.Image) and "labels" (list of str).
 
     Give `train_data_dir` (an i-CLEVR folder) or `dataset_name` (Hub id or save_to_disk folder), or neither for
     the built-in synthetic i-CLEVR (`num_synthetic_scenes` scenes from `synthetic_seed`, rendered once into the
-    cache). Every label list is validated through the vocabulary (see `vocabulary_for`).
+    cache). `revision` pins a Hub data set to a commit. Every label list is validated through the vocabulary (see
+    `vocabulary_for`).
     """
     if train_data_dir is not None and dataset_name is not None:
         raise DataError("give either train_data_dir (an i-CLEVR folder) or dataset_name (a data set), not both")
     if dataset_name is not None:
         vocabulary = vocabulary if vocabulary is not None else LabelVocabulary()
-        return _load_named_dataset(dataset_name, image_column, label_column, vocabulary)
+        return _load_named_dataset(dataset_name, image_column, label_column, vocabulary, revision)
     if train_data_dir is None:
         train_data_dir = builtin_synthetic_dir(cache_dir, num_synthetic_scenes, synthetic_seed)
     return _load_iclevr_folder(Path(train_data_dir), vocabulary_for(train_data_dir, vocabulary))
@@ -206,7 +211,7 @@ def _load_iclevr_folder(folder: Path, vocabulary: LabelVocabulary) -> datasets.D
 
 
 def _load_named_dataset(
-    dataset_name: str, image_column: str, label_column: str, vocabulary: LabelVocabulary
+    dataset_name: str, image_column: str, label_column: str, vocabulary: LabelVocabulary, revision: str | None
 ) -> datasets.Dataset:
     local = Path(dataset_name)
     if (local / "train.json").is_file():
@@ -224,7 +229,7 @@ def _load_named_dataset(
             dataset = dataset["train"]
     else:
         try:
-            dataset = datasets.load_dataset(dataset_name, split="train")
+            dataset = datasets.load_dataset(dataset_name, split="train", revision=revision)
         except Exception as error:  # network, missing repo, no train split, bad files: all mean "cannot load"
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise DataError(
@@ -389,6 +394,7 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
                 f"{LABEL_COLUMN!r}, missing {missing}; build it with preprocess_dataset"
             )
         self.vocabulary = vocabulary if vocabulary is not None else LabelVocabulary()
+        self.source: dict[str, Any] = {}  # set by load_training_set: where the images came from
         self.random_flip = random_flip
         self.flip_seed = flip_seed
         self.images: np.ndarray = np.ascontiguousarray(
@@ -430,14 +436,19 @@ def load_training_set(
     num_synthetic_scenes: int = DEFAULT_SYNTHETIC_SCENES,
     synthetic_seed: int = DEFAULT_SYNTHETIC_SEED,
     num_proc: int | None = None,
+    revision: str | None = None,
 ) -> ICLEVRTrainingSet:
     """Source -> validated data set -> cached resize -> in-memory torch Dataset (see `load_train_dataset`).
 
-    The returned set's `.vocabulary` is the one the data uses (objects.json when the folder has one).
+    The returned set's `.vocabulary` is the one the data uses (objects.json when the folder has one), and its
+    `.source` says where the images came from (`data_source`). A Hub data set is read at `revision`, or at the
+    commit its main branch points to now, resolved once so that the recorded commit is the one that was read.
     """
     check_resolution(resolution)  # before any rendering or loading, so a typo fails fast
     if dataset_name is None:
         vocabulary = vocabulary_for(train_data_dir, vocabulary)
+    elif revision is None and not Path(dataset_name).is_dir():
+        revision = hub_commit(dataset_name)
     dataset = load_train_dataset(
         train_data_dir,
         dataset_name,
@@ -447,9 +458,44 @@ def load_training_set(
         vocabulary,
         num_synthetic_scenes=num_synthetic_scenes,
         synthetic_seed=synthetic_seed,
+        revision=revision,
     )
     preprocessed = preprocess_dataset(dataset, resolution, cache_dir, num_proc=num_proc)
-    return ICLEVRTrainingSet(preprocessed, vocabulary, random_flip=random_flip, flip_seed=flip_seed)
+    train_set = ICLEVRTrainingSet(preprocessed, vocabulary, random_flip=random_flip, flip_seed=flip_seed)
+    train_set.source = data_source(train_data_dir, dataset_name, revision, num_synthetic_scenes, synthetic_seed)
+    return train_set
+
+
+def hub_commit(dataset_name: str) -> str | None:
+    """The commit a Hub data set's main branch points to; None when the Hub cannot be reached (offline, read from
+    the cache) or the name is not a Hub data set (loading then says why)."""
+    try:
+        return HfApi().dataset_info(dataset_name).sha
+    except (HfHubHTTPError, httpx.HTTPError, OfflineModeIsEnabled, HFValidationError):
+        return None
+
+
+def data_source(
+    train_data_dir: str | Path | None,
+    dataset_name: str | None,
+    revision: str | None = None,
+    num_synthetic_scenes: int = DEFAULT_SYNTHETIC_SCENES,
+    synthetic_seed: int = DEFAULT_SYNTHETIC_SEED,
+) -> dict[str, Any]:
+    """Where training images came from, for training_args.json and the model card: "synthetic" (the built-in
+    render), "folder" (an i-CLEVR folder), "saved" (a save_to_disk folder) or "hub" (with the commit read)."""
+    if dataset_name is not None:
+        if Path(dataset_name).is_dir():
+            return {"source": "saved", "path": str(Path(dataset_name).resolve())}
+        return {"source": "hub", "dataset": dataset_name, "revision": revision}
+    if train_data_dir is not None:
+        return {"source": "folder", "path": str(Path(train_data_dir).resolve())}
+    return {
+        "source": "synthetic",
+        "scenes": num_synthetic_scenes,
+        "seed": synthetic_seed,
+        "renderer_version": synthetic_iclevr.RENDERER_VERSION,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------- helpers

@@ -1,13 +1,17 @@
-"""Several processes: refusing a launch whose processes do not form one run, and a cheap check that they did."""
+"""Several processes: refusing a launch whose processes do not form one run, loading the data on the main process
+first, and a cheap check that the processes trained as one run."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
+from training.data import ICLEVRTrainingSet
 from training.errors import UserError
 
 CPU_LAUNCH = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N train_conditional.py ..."
@@ -31,6 +35,18 @@ def check_one_distributed_run(accelerator: Accelerator) -> None:
             f"({accelerator.distributed_type.value}, device {accelerator.device.type}), so they would train as "
             f"separate runs; with no GPU, launch CPU processes that share one run with: {CPU_LAUNCH}"
         )
+
+
+def main_process_first_with_revision(
+    accelerator: Accelerator, load: Callable[[str | None], ICLEVRTrainingSet]
+) -> ICLEVRTrainingSet:
+    """`load(None)` on the main process first (it renders and caches; for a Hub data set it picks the commit), then
+    `load(that commit)` on the others, so every process trains on the data the run records even if the data set's
+    main branch moves meanwhile."""
+    train_set = load(None) if accelerator.is_main_process else None
+    # Also the barrier that keeps the others from reading the cache before the main process has written it.
+    revision = broadcast_object_list([train_set.source.get("revision") if train_set is not None else None])[0]
+    return train_set if train_set is not None else load(revision)
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:

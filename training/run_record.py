@@ -8,36 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-from training import synthetic_iclevr
-from training.data import DEFAULT_SYNTHETIC_SCENES, DEFAULT_SYNTHETIC_SEED
-
-
-def data_source(train_data_dir: str | None, dataset_name: str | None) -> dict[str, Any]:
-    """Where the training images came from, as training.data.load_training_set reads these flags: "synthetic" (the
-    built-in render), "folder" (an i-CLEVR folder), "saved" (a save_to_disk folder) or "hub" (a Hub data set, with the
-    commit its main branch pointed at; None when the Hub cannot be reached, e.g. offline from the cache).
-    """
-    if dataset_name is not None:
-        if Path(dataset_name).is_dir():
-            return {"source": "saved", "path": str(Path(dataset_name).resolve())}
-        try:
-            revision = HfApi().dataset_info(dataset_name).sha
-        except (HfHubHTTPError, httpx.HTTPError, OfflineModeIsEnabled):
-            revision = None
-        return {"source": "hub", "dataset": dataset_name, "revision": revision}
-    if train_data_dir is not None:
-        return {"source": "folder", "path": str(Path(train_data_dir).resolve())}
-    return {
-        "source": "synthetic",
-        "scenes": DEFAULT_SYNTHETIC_SCENES,
-        "seed": DEFAULT_SYNTHETIC_SEED,
-        "renderer_version": synthetic_iclevr.RENDERER_VERSION,
-    }
-
 
 def trained_record(
     *, steps: int, updates_per_epoch: int, images_per_update: int, num_images: int, data: dict[str, Any]

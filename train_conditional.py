@@ -41,6 +41,7 @@ from training.cpu_threads import CpuThreads
 from training.data import load_training_set
 from training.distributed import (
     check_one_distributed_run,
+    end_distributed_run,
     main_process_first_with_revision,
     parameter_checksum,
 )
@@ -310,7 +311,9 @@ def main(args: argparse.Namespace) -> None:
                 output_dir, args.hub_model_id, private=args.hub_private_repo, revision=args.hub_revision
             )
             logger.info(f"Pushed to the Hub: {commit.commit_url}")
-    accelerator.end_training()
+    # The DDP wrapper goes before the process group does (see end_distributed_run); nothing below needs it.
+    del model, optimizer, train_dataloader
+    end_distributed_run(accelerator)
     accelerator.print(summary_line(
         trained, launch_images=(global_step - launch_first_step) * images_per_update, train_seconds=train_seconds,
         wall_seconds=time.perf_counter() - started, output_dir=output_dir,

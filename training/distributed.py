@@ -3,6 +3,7 @@ first, and a cheap check that the processes trained as one run."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from typing import Callable
@@ -47,6 +48,20 @@ def main_process_first_with_revision(
     # Also the barrier that keeps the others from reading the cache before the main process has written it.
     revision = broadcast_object_list([train_set.source.get("revision") if train_set is not None else None])[0]
     return train_set if train_set is not None else load(revision)
+
+
+def end_distributed_run(accelerator: Accelerator) -> None:
+    """Ends the trackers and the process group once no DDP wrapper is left (the caller drops its own references
+    to the prepared model first).
+
+    A DDP wrapper that outlives the group becomes the group's last owner, and its C++ teardown then ends the gloo
+    group while holding the GIL: it waits for the group's worker threads, and a worker freeing a finished
+    collective's tensors waits for the GIL, so the process hangs after its work is done (seen about once in ten
+    two-process CPU runs; pytorch/pytorch#56297). Ended through torch.distributed, the group releases the GIL first.
+    """
+    accelerator.free_memory()
+    gc.collect()  # a wrapper kept alive only by a reference cycle goes now, not at some later collection
+    accelerator.end_training()
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:

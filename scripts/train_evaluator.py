@@ -4,10 +4,8 @@ It is trained the way the course's evaluator was: on scenes of 1 to 5 objects, s
 32x32 renders upsampled to 64x64 (what a 32x32 diffusion model hands it), so it judges 32x32 and 64x64 models
 alike. Validation reports the held-out accuracy at both.
 
-Default data: the synthetic i-CLEVR rendered with seeds that the diffusion model never trains on (it uses seed 0),
-validated on a separate held-out render. The renderer holds 16 same-colour pairs out of each seed's training
-scenes (they form new_test.json), so one seed alone would never show the evaluator those pairs; the script
-therefore renders consecutive seeds until every same-colour pair occurs, for training and validation alike.
+Default data: the synthetic i-CLEVR rendered with a seed that the diffusion model never trains on (it uses seed 0),
+validated on a separate held-out render of another seed.
 
     python scripts/train_evaluator.py --output_path evaluator/checkpoint.pth
     python scripts/train_evaluator.py --train_data_dir path/to/iclevr --output_path checkpoint.pth
@@ -23,19 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import argparse
 import contextlib
-import itertools
 import json
-import math
 import re
 import time
 
 import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from pipeline.vocabulary import COLOURS, SHAPES, LabelVocabulary
+from pipeline.vocabulary import LabelVocabulary
 from training.cli import (
     ArgumentParser,
     FlagError,
@@ -55,7 +51,7 @@ from training.evaluator import (
     evaluation_metrics,
     save_evaluator,
 )
-from training.synthetic_iclevr import MAX_OBJECTS_PER_SCENE, held_out_combinations
+from training.synthetic_iclevr import MAX_OBJECTS_PER_SCENE
 
 TARGET_ACCURACY = 0.995
 # Augmentation strengths, in units of half the image side (affine_grid's coordinates): +-2 px shifts at 64x64 and
@@ -87,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                       default=MAX_OBJECTS_PER_SCENE, metavar=f"1..{MAX_OBJECTS_PER_SCENE}",
                       help="Objects in a full synthetic scene; its images show 1 to that many (the course's: 5).")
     data.add_argument("--synthetic_seed", type=non_negative_int, default=1234,
-                      help="First seed of the synthetic training renders (the diffusion model's data is seed 0).")
+                      help="Seed of the synthetic training render (the diffusion model's data is seed 0).")
     data.add_argument("--validation_scenes", type=positive_int, default=600,
                       help="Synthetic validation scenes (one image per object).")
     data.add_argument("--validation_seed", type=non_negative_int, default=4321,
-                      help="First seed of the synthetic validation renders.")
+                      help="Seed of the synthetic validation render.")
     data.add_argument("--cache_dir", type=str, default=None,
                       help="Where renders and resized images are cached (default: $ICLEVR_CACHE or ~/.cache).")
 
@@ -112,18 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
     add_cpu_threads_argument(optim)
     return parser
-
-
-def covering_seeds(first_seed: int) -> list[int]:
-    """Consecutive seeds from `first_seed` whose renders together contain every same-colour pair of shapes."""
-    pairs = {frozenset((f"{c} {a}", f"{c} {b}")) for c in COLOURS for a, b in itertools.combinations(SHAPES, 2)}
-    seeds, covered = [], set()
-    for seed in itertools.count(first_seed):
-        held_out = {frozenset(combination) for combination in held_out_combinations(seed) if len(combination) == 2}
-        seeds.append(seed)
-        covered |= pairs - held_out
-        if covered == pairs:
-            return seeds
 
 
 class TwoResolutions(Dataset):
@@ -147,20 +131,13 @@ def two_resolutions(load) -> TwoResolutions:
     return TwoResolutions(load(EVALUATOR_RESOLUTION), load(LOW_RESOLUTION))
 
 
-def synthetic_set(
-    first_seed: int, num_scenes: int, objects_per_scene: int, cache_dir: str | None
-) -> tuple[TwoResolutions, list[int]]:
-    """`num_scenes` synthetic scenes spread over the covering seeds, rendered and resized once into the cache."""
-    seeds = covering_seeds(first_seed)
-    per_seed = math.ceil(num_scenes / len(seeds))
-    folders = [builtin_synthetic_dir(cache_dir, per_seed, seed, objects_per_scene) for seed in seeds]
+def synthetic_set(seed: int, num_scenes: int, objects_per_scene: int, cache_dir: str | None) -> TwoResolutions:
+    """`num_scenes` synthetic scenes of render seed `seed`, rendered and resized once into the cache."""
+    folder = builtin_synthetic_dir(cache_dir, num_scenes, seed, objects_per_scene)
     vocabulary = LabelVocabulary(max_objects=None)
-
-    def load(resolution: int) -> ConcatDataset:
-        return ConcatDataset([load_training_set(folder, resolution=resolution, cache_dir=cache_dir,
-                                                vocabulary=vocabulary) for folder in folders])  # fmt: skip
-
-    return two_resolutions(load), seeds
+    return two_resolutions(lambda resolution: load_training_set(
+        folder, resolution=resolution, cache_dir=cache_dir, vocabulary=vocabulary
+    ))  # fmt: skip
 
 
 def scene_split(train_data_dir: str | None, size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -188,17 +165,18 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, Dataset, LabelVocabula
     vocabulary = LabelVocabulary(max_objects=None)  # the renderer writes the default objects.json
     objects = args.synthetic_objects_per_scene
     if args.train_data_dir is None and args.dataset_name is None:
-        train, train_seeds = synthetic_set(args.synthetic_seed, args.synthetic_scenes, objects, args.cache_dir)
-        source = {"train": f"synthetic i-CLEVR, seeds {train_seeds[0]}-{train_seeds[-1]}, 1-{objects} objects"}
+        if args.validation_data_dir is None and args.validation_seed == args.synthetic_seed:
+            raise SystemExit(
+                f"error: --validation_seed {args.validation_seed} is the training render's --synthetic_seed; "
+                f"choose another, e.g. {args.synthetic_seed + 1000}"
+            )
+        train = synthetic_set(args.synthetic_seed, args.synthetic_scenes, objects, args.cache_dir)
+        source = {"train": f"synthetic i-CLEVR, seed {args.synthetic_seed}, 1-{objects} objects"}
         if args.validation_data_dir is None:
-            validation, seeds = synthetic_set(args.validation_seed, args.validation_scenes, objects, args.cache_dir)
-            if set(seeds) & set(train_seeds):
-                raise SystemExit(
-                    f"error: validation seeds {seeds[0]}-{seeds[-1]} overlap the training seeds "
-                    f"{train_seeds[0]}-{train_seeds[-1]}; choose a --validation_seed outside that range"
-                )
-            source["validation"] = (f"synthetic i-CLEVR, seeds {seeds[0]}-{seeds[-1]}, 1-{objects} objects "
-                                    "(held-out renders)")
+            validation = synthetic_set(args.validation_seed, args.validation_scenes, objects, args.cache_dir)
+            source["validation"] = (
+                f"synthetic i-CLEVR, seed {args.validation_seed}, 1-{objects} objects (held-out render)"
+            )
     else:
         vocabulary = vocabulary_for(args.train_data_dir, vocabulary)  # objects.json's order when the folder has one
         train = two_resolutions(lambda resolution: load_training_set(

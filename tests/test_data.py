@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.vocabulary import DEFAULT_LABELS, LabelVocabulary
-from training import data
+from training import data, synthetic_iclevr
 from training.data import (
     DataError,
     ICLEVRTrainingSet,
@@ -138,13 +138,13 @@ def test_builtin_synthetic_set_is_rendered_once_then_reused(cache, monkeypatch):
     monkeypatch.setattr("training.synthetic_iclevr.render_dataset", no_render)
     second = load_train_dataset(cache_dir=cache, num_synthetic_scenes=2, synthetic_seed=5)
 
-    assert (cache / "synthetic-iclevr-v1-seed5-2" / "train.json").is_file()
+    assert (cache / f"synthetic-iclevr-v{synthetic_iclevr.RENDERER_VERSION}-seed5-2" / "train.json").is_file()
     assert len(first) == len(second) == 6
 
 
 def test_a_new_renderer_version_renders_anew_instead_of_reusing_an_old_render(cache, monkeypatch):
     old = builtin_synthetic_dir(cache, num_scenes=2, seed=5)
-    monkeypatch.setattr("training.synthetic_iclevr.RENDERER_VERSION", 2)
+    monkeypatch.setattr("training.synthetic_iclevr.RENDERER_VERSION", synthetic_iclevr.RENDERER_VERSION + 1)
 
     new = builtin_synthetic_dir(cache, num_scenes=2, seed=5)
 

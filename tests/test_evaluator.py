@@ -17,7 +17,6 @@ from training.evaluator import (
     save_evaluator,
     top_k_accuracy,
 )
-from training.synthetic_iclevr import held_out_combinations
 
 # torchvision.models.resnet18() with fc = nn.Sequential(nn.Linear(512, 24), nn.Sigmoid()), written out by hand:
 # the course's checkpoint.pth holds exactly these tensors.
@@ -365,15 +364,6 @@ def test_evaluation_metrics_on_a_hand_worked_batch():
 @pytest.fixture(scope="module")
 def train_script():
     return import_script("train_evaluator")
-
-
-def test_covering_seeds_together_render_every_same_colour_pair(train_script):
-    seeds = train_script.covering_seeds(1234)
-    assert seeds == list(range(1234, 1234 + len(seeds)))
-    held_out_everywhere = set.intersection(
-        *({frozenset(c) for c in held_out_combinations(seed) if len(c) == 2} for seed in seeds)
-    )
-    assert held_out_everywhere == set()
 
 
 def test_scene_split_keeps_the_three_images_of_a_scene_together(train_script, tiny_iclevr_dir):

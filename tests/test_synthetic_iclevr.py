@@ -1,6 +1,7 @@
 """The synthetic i-CLEVR renderer writes the real i-CLEVR layout, deterministically, with readable objects."""
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import import_script
-from pipeline.vocabulary import DEFAULT_LABELS, LabelVocabulary
+from pipeline.vocabulary import COLOURS, DEFAULT_LABELS, SHAPES, LabelVocabulary
 from training import synthetic_iclevr
 from training.synthetic_iclevr import SceneObject, render_dataset, render_scene, sample_scenes
 
@@ -95,18 +96,20 @@ def test_test_lists_appear_in_train(sixty_scene_dir):
     assert len({frozenset(labels) for labels in _load(sixty_scene_dir, "test.json")}) == 32
 
 
-def test_new_test_combinations_never_appear_together_in_train(sixty_scene_dir):
-    train = [set(labels) for labels in _load(sixty_scene_dir, "train.json").values()]
-    for combination in _load(sixty_scene_dir, "new_test.json"):
-        assert not any(labels.issuperset(combination) for labels in train), combination
+def test_new_test_lists_pair_objects_of_one_colour_like_the_real_new_test(sixty_scene_dir):
+    for labels in _load(sixty_scene_dir, "new_test.json"):
+        colours = [label.split(" ")[0] for label in labels]
+        assert len(set(colours)) < len(colours), labels
 
 
-def test_new_test_combinations_are_never_sampled():
-    # Data only, so many scenes stay fast: none of them may hold a held-out combination.
-    held_out = synthetic_iclevr.held_out_combinations(0)
+def test_training_scenes_draw_every_same_colour_pair_like_the_real_train_json():
+    # The real train.json holds every real new_test list as a scene; no combination may be missing from ours.
+    pairs = {frozenset((f"{c} {a}", f"{c} {b}")) for c in COLOURS for a, b in itertools.combinations(SHAPES, 2)}
+    seen = set()
     for scene in sample_scenes(1500, seed=0):
-        labels = {obj.label for obj in scene}
-        assert not any(labels.issuperset(combination) for combination in held_out)
+        seen |= {frozenset(pair) for pair in itertools.combinations([obj.label for obj in scene], 2)}
+
+    assert pairs <= seen
 
 
 def test_same_arguments_give_byte_identical_files_for_any_worker_count(tmp_path):

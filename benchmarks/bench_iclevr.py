@@ -12,7 +12,7 @@ Every stage runs the repo's own scripts as subprocesses, so the numbers are what
   5. table      WORK/results.md and WORK/results.json
 
 The condition files are ../shared/iclevr/{test,new_test}.json beside the repo (the real label lists; the renderer's
-own test.json stands in when they are absent) and the renderer's held-out new_test.json, copied to
+own test.json stands in when they are absent) and the renderer's new_test.json, copied to
 WORK/conditions/synthetic_new_test.json. A stage whose output is complete is skipped, so the benchmark can be
 stopped and started again at will; subprocess logs go to WORK/logs/<stage>.log (`tail -f` them to follow).
 """
@@ -311,7 +311,7 @@ def model_stage(bench: Bench, train_data_dir: Path) -> Path:
 
 
 def condition_files(bench: Bench, render_dir: Path) -> tuple[list[Path], str]:
-    """The real test.json and new_test.json (or the renderer's test.json) and the renderer's held-out new_test.json."""
+    """The real test.json and new_test.json (or the renderer's test.json) and the renderer's new_test.json."""
     folder = bench.work_dir / "conditions"
     folder.mkdir(exist_ok=True)
     real = [bench.args.real_conditions_dir / name for name in ("test.json", "new_test.json")]
@@ -421,7 +421,7 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
         f"- Evaluator: held-out top-k accuracy {evaluator_metrics['accuracy']:.2%} "
         f"({'reached' if evaluator_metrics['reached_target'] else 'below'} the "
         f"{evaluator_metrics['target_accuracy']:.1%} target), {evaluator_metrics['epochs']} epoch(s)",
-        f"- Conditions: {condition_source}; synthetic_new_test = the renderer's held-out combinations",
+        f"- Conditions: {condition_source}; synthetic_new_test = the renderer's unusual same-colour lists",
         f"- Accuracy: mean ± std over seeds {' '.join(map(str, args.seeds))}, in %; exact match: mean over files; "
         f"generation: seconds for all {rows[0]['num_images']} images of a row, on {rows[0]['device']}, UNet in "
         f"{rows[0]['dtype']}",

@@ -31,12 +31,7 @@ from tqdm.auto import tqdm
 
 from pipeline import ConditionalUNet2DModel
 from training.args import parse_args
-from training.checkpointing import (
-    checkpoint_signature,
-    checkpoint_step,
-    load_checkpoint,
-    save_checkpoint,
-)
+from training.checkpointing import checkpoint_signature, checkpoint_step, load_checkpoint, save_checkpoint
 from training.cpu_threads import CpuThreads
 from training.data import load_training_set
 from training.distributed import (
@@ -56,12 +51,7 @@ from training.preflight import check_before_training
 from training.run_record import summary_line, trained_record
 from training.sampling import build_pipeline
 from training.stability import NonFiniteGuard
-from training.tracking import (
-    init_trackers,
-    log_images,
-    log_pipeline_artifact,
-    tracker_config,
-)
+from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
 from training.training_evaluation import load_training_evaluation
 from training.validation import Validation
 

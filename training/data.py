@@ -386,6 +386,7 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
         vocabulary: LabelVocabulary | None = None,
         random_flip: bool = False,
         flip_seed: int = 0,
+        source: dict[str, Any] | None = None,
     ):
         missing = [c for c in (PIXEL_COLUMN, LABEL_COLUMN) if c not in preprocessed.column_names]
         if missing:
@@ -394,7 +395,7 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
                 f"{LABEL_COLUMN!r}, missing {missing}; build it with preprocess_dataset"
             )
         self.vocabulary = vocabulary if vocabulary is not None else LabelVocabulary()
-        self.source: dict[str, Any] = {}  # set by load_training_set: where the images came from
+        self.source: dict[str, Any] = source or {}  # where the images came from (see data_source)
         self.random_flip = random_flip
         self.flip_seed = flip_seed
         self.images: np.ndarray = np.ascontiguousarray(
@@ -461,9 +462,8 @@ def load_training_set(
         revision=revision,
     )
     preprocessed = preprocess_dataset(dataset, resolution, cache_dir, num_proc=num_proc)
-    train_set = ICLEVRTrainingSet(preprocessed, vocabulary, random_flip=random_flip, flip_seed=flip_seed)
-    train_set.source = data_source(train_data_dir, dataset_name, revision, num_synthetic_scenes, synthetic_seed)
-    return train_set
+    source = data_source(train_data_dir, dataset_name, revision, num_synthetic_scenes, synthetic_seed)
+    return ICLEVRTrainingSet(preprocessed, vocabulary, random_flip=random_flip, flip_seed=flip_seed, source=source)
 
 
 def hub_commit(dataset_name: str) -> str | None:

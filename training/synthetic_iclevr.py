@@ -105,7 +105,6 @@ class SceneObject:
 # ----------------------------------------------------------------------------------------------- scene sampling
 
 
-@functools.lru_cache(maxsize=None)
 def unusual_combinations(seed: int) -> tuple[tuple[str, ...], ...]:
     """The 32 label lists of new_test.json: like the real new_test, they put several objects of one colour together:
     16 same-colour pairs, and 16 triples made of one of the other 8 same-colour pairs plus an object of another colour.

@@ -93,6 +93,7 @@ def main(args: argparse.Namespace) -> None:
         resolution=args.resolution,
         random_flip=args.random_flip,
         flip_seed=args.seed,
+        same_colour_repeats=args.same_colour_repeats,
         cache_dir=args.cache_dir,
         revision=revision,
     ))  # fmt: skip
@@ -175,7 +176,7 @@ def main(args: argparse.Namespace) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
     logger.info(
-        f"{len(train_set)} images, {len(vocabulary)} labels; {max_train_steps} optimiser steps over {num_epochs} "
+        f"{train_set.num_images} images ({len(train_set)} per epoch), {len(vocabulary)} labels; {max_train_steps} optimiser steps over {num_epochs} "
         f"epochs; {images_per_update} images per step ({accelerator.num_processes} processes x "
         f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation)"
     )
@@ -277,7 +278,8 @@ def main(args: argparse.Namespace) -> None:
         ema.copy_to(final_model.parameters())
     pipeline = build_pipeline(final_model.eval(), noise_scheduler, vocabulary)
     trained = trained_record(steps=global_step, updates_per_epoch=updates_per_epoch,
-                             images_per_update=images_per_update, num_images=len(train_set), data=data)  # fmt: skip
+                             images_per_update=images_per_update, num_images=train_set.num_images,
+                             images_per_epoch=len(train_set), data=data)  # fmt: skip
     with accelerator.autocast():
         final_images = validation.sample(pipeline)  # every process samples a share
     if accelerator.is_main_process:

@@ -69,6 +69,11 @@ VARIANTS: dict[str, dict] = {
         "model": {"resnet_time_scale_shift": "scale_shift", "block_out_channels": [32, 64, 192, 256]},
         "learning_rate": 1e-3,
     },
+    # images with two objects of one colour (~11 % of i-CLEVR's) shown 3 times an epoch: binding one colour to two
+    # shapes is what the hour-long base still gets wrong most (new_test's weakest labels)
+    "v-min-snr-adagn-lr1e-3-samecolour3": {
+        "model": {"resnet_time_scale_shift": "scale_shift"}, "learning_rate": 1e-3, "same_colour_repeats": 3,
+    },
 }
 
 

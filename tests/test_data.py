@@ -287,6 +287,51 @@ def test_items_batch_through_a_dataloader(tiny_iclevr_dir, cache):
     assert batch["class_labels"].shape == (8, 24)
 
 
+def test_same_colour_scenes_are_shown_repeats_times_per_epoch_and_the_rest_once(tiny_iclevr_dir, cache):
+    plain = load_training_set(tiny_iclevr_dir, resolution=RESOLUTION, cache_dir=cache)
+    repeated = load_training_set(tiny_iclevr_dir, resolution=RESOLUTION, cache_dir=cache, same_colour_repeats=3)
+    same_colour = [i for i, labels in enumerate(plain.label_lists) if len({n.split()[0] for n in labels}) < len(labels)]
+    assert 0 < len(same_colour) < plain.num_images  # the tiny render has both kinds
+
+    shown = [pixels_index(plain, repeated[position]["pixel_values"]) for position in range(len(repeated))]
+
+    assert repeated.num_images == plain.num_images == 36
+    assert len(repeated) == 36 + 2 * len(same_colour)
+    assert sorted(shown) == sorted(list(range(36)) + 2 * same_colour)
+    assert all(torch.equal(repeated[p]["class_labels"], plain[i]["class_labels"]) for p, i in enumerate(shown))
+
+
+def pixels_index(training_set: ICLEVRTrainingSet, pixels: torch.Tensor) -> int:
+    """Which of the set's distinct images these pixels are."""
+    matches = [i for i in range(training_set.num_images) if torch.equal(training_set[i]["pixel_values"], pixels)]
+    assert len(matches) == 1
+    return matches[0]
+
+
+def test_one_repeat_keeps_the_plain_order_and_flips(tiny_iclevr_dir, cache):
+    plain = load_training_set(tiny_iclevr_dir, resolution=RESOLUTION, cache_dir=cache, random_flip=True)
+    once = load_training_set(tiny_iclevr_dir, resolution=RESOLUTION, cache_dir=cache, random_flip=True,
+                             same_colour_repeats=1)
+
+    assert len(once) == len(plain) == 36
+    assert all(torch.equal(once[i]["pixel_values"], plain[i]["pixel_values"]) for i in range(36))
+
+
+def test_same_colour_repeats_need_colour_shape_label_names(tiny_iclevr_dir, tmp_path):
+    renamed = {"red cube": "apple", "gray sphere": "pear"}
+    labels = [["red cube"], ["red cube", "gray sphere"]]
+    images = [PIL.Image.new("RGB", (8, 8), colour) for colour in ("red", "gray")]
+    vocabulary = LabelVocabulary(["apple", "pear"])
+    datasets.Dataset.from_dict({"image": images, "labels": [[renamed[n] for n in ls] for ls in labels]}).cast_column(
+        "image", datasets.Image()).save_to_disk(tmp_path / "fruit")
+
+    assert_one_line_error(
+        lambda: load_training_set(dataset_name=str(tmp_path / "fruit"), resolution=RESOLUTION, cache_dir=tmp_path / "c",
+                                  vocabulary=vocabulary, same_colour_repeats=2),
+        "'apple'", "'<colour> <shape>'", "--same_colour_repeats",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- bad inputs
 
 

@@ -13,7 +13,7 @@ import torch
 from training.args import parse_args
 from training.cpu_threads import physical_cores
 from training.tracking import logged_scalars
-from training_runs import launch_training
+from training_runs import launch_training, train_in_process
 
 # 36 images at batch 8 are 5 batches an epoch, so checkpoint-6 sits in the middle of the second epoch.
 TINY_RUN = [
@@ -78,6 +78,20 @@ def test_training_args_record_what_was_trained_next_to_the_flags(tiny_run, tiny_
         "steps": 8, "epochs": 1.6, "images_seen": 36 + 3 * 8,
         "data": {"source": "folder", "path": str(tiny_iclevr_dir.resolve()), "images": 36},
     }
+
+
+def test_same_colour_repeats_lengthen_the_epoch_not_the_data(tiny_iclevr_dir, tmp_path):
+    # The tiny render's 36 images hold 7 with two objects of one colour: 36 + 2 * 7 = 50 per epoch, 7 batches of 8.
+    train_in_process("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path),
+                     "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "8",
+                     "--max_train_steps", "7", "--same_colour_repeats", "3", "--validation_steps", "100",
+                     "--validation_inference_steps", "1", "--report_to", "tensorboard")
+
+    training_args = json.loads((tmp_path / "training_args.json").read_text())
+    assert training_args["same_colour_repeats"] == 3
+    assert training_args["trained"]["epochs"] == 1.0
+    assert training_args["trained"]["images_seen"] == 50
+    assert training_args["trained"]["data"]["images"] == 36
 
 
 def test_the_run_ends_with_one_summary_line(tiny_launch):

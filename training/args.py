@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Where renders and preprocessed data are cached (default: $ICLEVR_CACHE or ~/.cache).")
     data.add_argument("--resolution", type=int, default=64, help="Training image size (square; 64 or 32).")
     data.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
+    data.add_argument("--same_colour_repeats", type=positive_int, default=1,
+                      help="Show each image with two objects of one colour this many times per epoch (1: once, like "
+                           "every other image); labels must be named '<colour> <shape>'.")
     data.add_argument("--train_batch_size", type=positive_int, default=32, help="Batch size per device.")
     data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 

@@ -32,6 +32,7 @@ from training import synthetic_iclevr
 from training.atomic_folders import remove_stale, temporary_folder
 from training.cli import closest
 from training.errors import UserError
+from training.scene_weighting import epoch_order
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "labels"
@@ -377,7 +378,9 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
     Items are {"pixel_values": float32 (3, H, W) in [-1, 1], "class_labels": float32 (len(vocabulary),)}.
     `random_flip` mirrors images left-right with probability 1/2 (i-CLEVR labels carry no positions). Which images
     flip depends only on (`flip_seed`, epoch, index), never on a running RNG, so a run resumed mid-epoch flips exactly
-    what the uninterrupted run flipped; call `set_epoch` at the start of every epoch.
+    what the uninterrupted run flipped; call `set_epoch` at the start of every epoch. `same_colour_repeats` > 1
+    shows each image with two objects of one colour that many times per epoch (see training/scene_weighting.py);
+    `len()` counts those positions, `num_images` the distinct images.
     """
 
     def __init__(
@@ -387,6 +390,7 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
         random_flip: bool = False,
         flip_seed: int = 0,
         source: dict[str, Any] | None = None,
+        same_colour_repeats: int = 1,
     ):
         missing = [c for c in (PIXEL_COLUMN, LABEL_COLUMN) if c not in preprocessed.column_names]
         if missing:
@@ -406,19 +410,28 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
             self.class_labels = self.vocabulary.encode_batch(self.label_lists)
         except LabelError as error:
             raise DataError(f"preprocessed labels do not fit the vocabulary: {error}") from None
+        try:
+            self.order = epoch_order(self.label_lists, same_colour_repeats)
+        except ValueError as error:
+            raise DataError(str(error)) from None
         self.resolution = int(self.images.shape[1])
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draws this epoch's flips (DataLoader workers copy the set when an epoch's iteration starts)."""
-        self._flips = np.random.default_rng([self.flip_seed, epoch]).random(len(self.images)) < 0.5
-
-    def __len__(self) -> int:
+    @property
+    def num_images(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def set_epoch(self, epoch: int) -> None:
+        """Draws this epoch's flips (DataLoader workers copy the set when an epoch's iteration starts)."""
+        self._flips = np.random.default_rng([self.flip_seed, epoch]).random(len(self.order)) < 0.5
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        index = self.order[position]
         pixels = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-        if self.random_flip and self._flips[index]:
+        if self.random_flip and self._flips[position]:
             pixels = pixels.flip(-1)
         return {"pixel_values": pixels, "class_labels": self.class_labels[index]}
 
@@ -438,6 +451,7 @@ def load_training_set(
     synthetic_seed: int = DEFAULT_SYNTHETIC_SEED,
     num_proc: int | None = None,
     revision: str | None = None,
+    same_colour_repeats: int = 1,
 ) -> ICLEVRTrainingSet:
     """Source -> validated data set -> cached resize -> in-memory torch Dataset (see `load_train_dataset`).
 
@@ -463,7 +477,8 @@ def load_training_set(
     )
     preprocessed = preprocess_dataset(dataset, resolution, cache_dir, num_proc=num_proc)
     source = data_source(train_data_dir, dataset_name, revision, num_synthetic_scenes, synthetic_seed)
-    return ICLEVRTrainingSet(preprocessed, vocabulary, random_flip=random_flip, flip_seed=flip_seed, source=source)
+    return ICLEVRTrainingSet(preprocessed, vocabulary, random_flip=random_flip, flip_seed=flip_seed, source=source,
+                             same_colour_repeats=same_colour_repeats)
 
 
 def hub_commit(dataset_name: str) -> str | None:

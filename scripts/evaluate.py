@@ -18,7 +18,7 @@ import argparse
 import json
 
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
-from training.cli import ArgumentParser, check_writable, non_negative_int, positive_int
+from training.cli import ArgumentParser, FlagError, check_writable, non_negative_int, positive_int
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.evaluation import (
     evaluate_pipeline,
@@ -30,6 +30,7 @@ from training.errors import one_line_errors
 from training.evaluator import load_evaluator
 from training.figures import denoising_figure, image_grid
 from training.inference import DTYPES, add_device_arguments, resolve_device
+from training.judge_ceiling import judge_ceiling
 from training.pipeline_loading import load_pipeline
 from training.samplers import add_scheduler_argument, parse_sampler, sampler_name, set_sampler
 from training.sampling import validation_label_lists
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated at once.")
+    parser.add_argument("--judge_ceiling", action="store_true",
+                        help="Also score 10 true renders of every list (the evaluator's ceiling on these files).")
     add_device_arguments(parser, dtype_help="The UNet's precision; scoring is fp32.")
     add_cpu_threads_argument(parser)
     return parser
@@ -100,8 +103,22 @@ def evaluate(args: argparse.Namespace) -> dict:
         },
         **evaluation.report,
     }
+    if args.judge_ceiling:
+        report["judge_ceiling"] = ceilings(evaluator, condition_sets, vocabulary, pipeline.unet.config.sample_size)
     (args.output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def ceilings(evaluator, condition_sets: dict[str, list[list[str]]], vocabulary, resolution: int) -> dict:
+    """Per condition file, the evaluator's accuracy and exact-match rate on true renders of its lists."""
+    found = {}
+    for name, label_lists in condition_sets.items():
+        try:
+            metrics = judge_ceiling(evaluator, label_lists, vocabulary, resolution)
+        except ValueError as error:
+            raise FlagError(f"--judge_ceiling: {error}") from None
+        found[name] = {key: metrics[key] for key in ("accuracy", "exact_match", "num_images")}
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         args = build_parser().parse_args(argv)
         report = evaluate(args)
     print(format_table(report))
+    if "judge_ceiling" in report:
+        print("the evaluator on true renders of the same lists (the ceiling): " + ", ".join(
+            f"{name} {ceiling['accuracy']:.1%}" for name, ceiling in report["judge_ceiling"].items()))
     print(f"report, grids and denoising_process.png written to {args.output_dir}")
 
 

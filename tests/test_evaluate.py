@@ -149,6 +149,15 @@ def test_set_sampler_keeps_the_noise_schedule(files):
     assert (pipeline.scheduler.config.beta_schedule, pipeline.scheduler.config.num_train_timesteps) == schedule
 
 
+def test_evaluate_reports_the_judge_ceiling_per_condition_file(files, tmp_path, capsys):
+    import_script("evaluate").main(_argv(files, tmp_path, "--judge_ceiling"))
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["judge_ceiling"]) == {"small", "nine"}
+    assert report["judge_ceiling"]["small"]["num_images"] == 3 * 10
+    assert "the evaluator on true renders of the same lists (the ceiling): small " in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

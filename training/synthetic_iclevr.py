@@ -134,6 +134,11 @@ def sample_scene(seed: int, scene_index: int, objects_per_scene: int = OBJECTS_P
     # Distinct labels drawn uniformly, as the real train.json's are (about 11 % of its images show two objects of
     # one colour, the rate uniform drawing gives).
     labels = [DEFAULT_LABELS[i] for i in rng.choice(len(DEFAULT_LABELS), objects_per_scene, replace=False)]
+    return arrange_scene(labels, rng)
+
+
+def arrange_scene(labels: Sequence[str], rng: np.random.Generator) -> list[SceneObject]:
+    """The labelled objects placed on the floor (sizes, positions, turns drawn from `rng`), in the order given."""
     while True:  # place the objects one by one; start over in the rare case the floor gets too crowded
         objects: list[SceneObject] = []
         for label in labels:

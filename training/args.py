@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
     data.add_argument("--same_colour_repeats", type=positive_int, default=1,
                       help="Show each image with two objects of one colour this many times per epoch (1: once, like "
-                           "every other image); labels must be named '<colour> <shape>'.")
+                           "every other image); a colour is a label's first word when it is one of i-CLEVR's eight.")
     data.add_argument("--train_batch_size", type=positive_int, default=32, help="Batch size per device.")
     data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 

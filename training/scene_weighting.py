@@ -2,9 +2,10 @@
 
 Binding one colour to two shapes is what a class-conditional model of i-CLEVR learns last: after an hour of
 training on this project's CPU, the labels recalled worst on new_test.json (whose lists all pair objects of one
-colour) are exactly such objects (benchmarks/bench_recipe.py; README, "Accuracy per CPU-minute"). Only ~11 % of
-i-CLEVR's images show two objects of one colour, so showing those `repeats` times per epoch gives the hard case
-more of a fixed budget. Labels are read as "<colour> <shape>" (i-CLEVR's "red cube"): the first word is the colour.
+colour) were exactly such objects (README, "Accuracy per CPU-minute"). Only ~11 % of i-CLEVR's images show two
+objects of one colour, so showing those `repeats` times per epoch gives the hard case more of a fixed budget.
+A label's colour is its first word when that is one of i-CLEVR's eight colours ("red cube" -> "red"); labels of
+other vocabularies have none, so for them every image is shown once whatever the setting.
 """
 
 from __future__ import annotations
@@ -13,21 +14,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.vocabulary import COLOURS
 
-def colour_of(label: str) -> str:
-    """The colour word of an i-CLEVR style label ("red cube" -> "red")."""
-    words = label.split()
-    if len(words) < 2:
-        raise ValueError(
-            f"label {label!r} is not named '<colour> <shape>' (like 'red cube'), so same-colour scenes cannot be "
-            f"found; train without --same_colour_repeats (or with 1)"
-        )
-    return words[0]
+
+def colour_of(label: str) -> str | None:
+    """The i-CLEVR colour word a label starts with ("red cube" -> "red"), or None."""
+    first, _, rest = label.partition(" ")
+    return first if rest and first in COLOURS else None
 
 
 def shares_a_colour(labels: Sequence[str]) -> bool:
-    """Whether two of the scene's objects have the same colour."""
-    colours = [colour_of(label) for label in labels]
+    """Whether two of the scene's objects have the same (i-CLEVR) colour."""
+    colours = [colour for colour in map(colour_of, labels) if colour is not None]
     return len(set(colours)) < len(colours)
 
 

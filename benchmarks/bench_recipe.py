@@ -40,7 +40,7 @@ SHARED_ICLEVR = REPO_ROOT.parent / "shared" / "iclevr"
 BASE = {
     "model_config_name_or_path": "cpu", "resolution": 32, "train_batch_size": 32, "learning_rate": 5e-4,
     "lr_warmup_steps": 100, "mixed_precision": "bf16", "use_ema": True, "prediction_type": "v_prediction",
-    "snr_gamma": 5.0, "timestep_bias_strategy": "none", "ema_max_decay": 0.9999,
+    "snr_gamma": 5.0, "timestep_bias_strategy": "none", "ema_max_decay": 0.9999, "same_colour_repeats": 1,
 }  # fmt: skip
 # Model config over the preset, also explicit: the study's starting point has plain additive time embeddings.
 BASE_MODEL = {"resnet_time_scale_shift": "default"}

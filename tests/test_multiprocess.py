@@ -83,6 +83,7 @@ def two_process_run(tiny_iclevr_dir, evaluation_files, tmp_path_factory) -> tupl
         "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
         "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", str(BATCH),
         "--gradient_accumulation_steps", str(ACCUMULATION), "--max_train_steps", str(STEPS),
+        "--same_colour_repeats", "1",  # an epoch of NUM_IMAGES, for the epoch split below
         "--learning_rate", str(LEARNING_RATE), "--lr_warmup_steps", str(WARMUP), "--lr_scheduler", "cosine",
         "--checkpointing_steps", "2", "--validation_steps", str(STEPS),
         "--validation_inference_steps", str(SETTINGS["num_inference_steps"]),

@@ -30,6 +30,7 @@ TINY_RUN = [
     "--random_flip",
     "--mixed_precision", "bf16",
     "--report_to", "tensorboard",
+    "--same_colour_repeats", "1",  # every image once, so that the epoch arithmetic below counts the 36 images
     # The resume test compares losses bit for bit: a fixed thread count, since `auto` follows the machine's load
     # and another count sums floats in another order.
     "--cpu_threads", "1",
@@ -80,11 +81,13 @@ def test_training_args_record_what_was_trained_next_to_the_flags(tiny_run, tiny_
     }
 
 
-def test_same_colour_repeats_lengthen_the_epoch_not_the_data(tiny_iclevr_dir, tmp_path):
+def test_same_colour_images_are_shown_three_times_by_default_lengthening_the_epoch_not_the_data(
+    tiny_iclevr_dir, tmp_path
+):
     # The tiny render's 36 images hold 7 with two objects of one colour: 36 + 2 * 7 = 50 per epoch, 7 batches of 8.
     train_in_process("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path),
                      "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "8",
-                     "--max_train_steps", "7", "--same_colour_repeats", "3", "--validation_steps", "100",
+                     "--max_train_steps", "7", "--validation_steps", "100",
                      "--validation_inference_steps", "1", "--report_to", "tensorboard")
 
     training_args = json.loads((tmp_path / "training_args.json").read_text())

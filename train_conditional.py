@@ -176,9 +176,10 @@ def main(args: argparse.Namespace) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
     logger.info(
-        f"{train_set.num_images} images ({len(train_set)} per epoch), {len(vocabulary)} labels; {max_train_steps} optimiser steps over {num_epochs} "
-        f"epochs; {images_per_update} images per step ({accelerator.num_processes} processes x "
-        f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation)"
+        f"{train_set.num_images} images ({len(train_set)} per epoch), {len(vocabulary)} labels; {max_train_steps} "
+        f"optimiser steps over {num_epochs} epochs; {images_per_update} images per step "
+        f"({accelerator.num_processes} processes x {args.train_batch_size} x {args.gradient_accumulation_steps} "
+        f"accumulation)"
     )
 
     validation = Validation(

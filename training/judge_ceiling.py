@@ -3,8 +3,8 @@
 A model's accuracy on test.json means something only beside what the judge gives images that are right by
 construction. Each list is rendered `renders_per_list` times by the synthetic i-CLEVR renderer (other placements,
 sizes and turns each time), reduced to the model's resolution as training images are, and scored with the course's
-top-k rule. On this project's evaluator the real test.json's lists score 100 % and new_test.json's 99.9 %
-(README, Evaluation), so what a model loses there is its own.
+top-k rule. On this project's evaluator the real test.json's and new_test.json's lists both score 100 % (README,
+Evaluation), so what a model loses there is its own.
 """
 
 from __future__ import annotations

@@ -372,6 +372,11 @@ def resize_image(image: Image.Image, resolution: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- torch side
 
 
+def to_pixel_values(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1], what the UNet and the evaluator take."""
+    return torch.from_numpy(image).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
 class ICLEVRTrainingSet(torch.utils.data.Dataset):
     """The preprocessed images held in memory as one uint8 array, with their multi-hot labels.
 
@@ -430,7 +435,7 @@ class ICLEVRTrainingSet(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         index = self.order[position]
-        pixels = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        pixels = to_pixel_values(self.images[index])
         if self.random_flip and self._flips[position]:
             pixels = pixels.flip(-1)
         return {"pixel_values": pixels, "class_labels": self.class_labels[index]}

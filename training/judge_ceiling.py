@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.vocabulary import DEFAULT_LABELS, LabelVocabulary
-from training.data import resize_image
+from training.data import resize_image, to_pixel_values
 from training.evaluator import evaluation_metrics
 from training.synthetic_iclevr import arrange_scene, render_scene
 
@@ -31,8 +31,7 @@ def render_label_lists(
     for index, labels in enumerate(label_lists):
         for render in range(renders_per_list):
             objects = arrange_scene(labels, np.random.default_rng([seed, index, render]))
-            pixels = resize_image(render_scene(objects), resolution)
-            images.append(torch.from_numpy(pixels).permute(2, 0, 1).float().div(127.5).sub(1.0))
+            images.append(to_pixel_values(resize_image(render_scene(objects), resolution)))
     return torch.stack(images)
 
 

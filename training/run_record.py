@@ -10,13 +10,12 @@ from typing import Any
 
 
 def trained_record(
-    *, steps: int, updates_per_epoch: int, images_per_update: int, num_images: int, data: dict[str, Any],
-    images_per_epoch: int | None = None,
+    *, steps: int, updates_per_epoch: int, images_per_update: int, num_images: int, images_per_epoch: int,
+    data: dict[str, Any],
 ) -> dict[str, Any]:
     """The run's optimiser steps, epochs and images seen (every epoch's last, short batch counted as it is) and its
     data (with its number of distinct images; an epoch shows `images_per_epoch`, more when some are repeated)."""
     full_epochs, steps_into_epoch = divmod(steps, updates_per_epoch)
-    images_per_epoch = num_images if images_per_epoch is None else images_per_epoch
     return {
         "steps": steps,
         "epochs": round(steps / updates_per_epoch, 2),

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from pipeline.vocabulary import LabelVocabulary
-from training.data import load_train_dataset, load_training_set, resize_image
+from training.data import load_train_dataset, load_training_set, resize_image, to_pixel_values
 
 
 class DecodingDataset(torch.utils.data.Dataset):
@@ -37,7 +37,7 @@ class DecodingDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.dataset[index]  # datasets decodes the PNG here
-        pixels = torch.from_numpy(resize_image(row["image"], self.resolution)).permute(2, 0, 1).float() / 127.5 - 1
+        pixels = to_pixel_values(resize_image(row["image"], self.resolution))
         return {"pixel_values": pixels, "class_labels": self.vocabulary.encode(row["labels"])}
 
 

@@ -1,0 +1,22 @@
+"""benchmarks/bench_object_count.py on a tiny pipeline: every label asked for alone per seed, the counter's
+reliability on renders beside it, a table and a JSON record."""
+
+import json
+
+from conftest import import_script
+
+
+def test_bench_object_count_scores_every_single_label_per_seed(tiny_pipeline_dir, tmp_path, capsys):
+    output = tmp_path / "counts.json"
+    import_script("bench_object_count", "benchmarks").main(
+        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "1", "--calibration_scenes", "4",
+         "--output_json", str(output)]  # fmt: skip
+    )
+    record = json.loads(output.read_text())
+    (row,) = record["rows"]
+    assert row["images"] == 2 * 24 and row["resolution"] == 32
+    assert 0.0 <= row["drawn_as_one"] + row["drawn_as_two_or_more"] <= 1.0
+    # Lone rendered objects are always counted once; the table says so beside the pipeline's figures.
+    assert record["counter_reliability"]["32"]["1"] == 1.0
+    table = capsys.readouterr().out
+    assert f"| {tiny_pipeline_dir} | 48 |" in table and "| 100% / " in table

@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from training.cli import positive_int
 from training.data import resize_image
+from training.errors import one_line_errors
 from training.object_count import count_objects
-from training.pipeline_loading import load_pipeline
+from training.pipeline_loading import load_pipeline, pipeline_vocabulary
 from training.synthetic_iclevr import render_scene, sample_scenes
 
 CALIBRATION_SEED = 4321  # scenes no training render of seed 0 holds
@@ -75,7 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    rows = [single_label_counts(path, args.seeds) for path in args.pipeline]
+    with one_line_errors():
+        for path in args.pipeline:  # every path checked (model_index.json alone) before minutes of sampling
+            pipeline_vocabulary(path)
+        rows = [single_label_counts(path, args.seeds) for path in args.pipeline]
     resolutions = sorted({row["resolution"] for row in rows})
     reliability = {res: counter_reliability(res, args.calibration_scenes) for res in resolutions}
     print("| pipeline | images | one label drawn as 1 object | as 2+ | mean objects "

@@ -3,6 +3,8 @@ reliability on renders beside it, a table and a JSON record."""
 
 import json
 
+import pytest
+
 from conftest import import_script
 
 
@@ -20,3 +22,12 @@ def test_bench_object_count_scores_every_single_label_per_seed(tiny_pipeline_dir
     assert record["counter_reliability"]["32"]["1"] == 1.0
     table = capsys.readouterr().out
     assert f"| {tiny_pipeline_dir} | 48 |" in table and "| 100% / " in table
+
+
+def test_a_missing_pipeline_stops_before_any_sampling_with_one_line(tiny_pipeline_dir, tmp_path):
+    output = tmp_path / "counts.json"
+    with pytest.raises(SystemExit, match=r"^error: --pipeline .*missing: no pipeline there"):
+        import_script("bench_object_count", "benchmarks").main(
+            ["--pipeline", str(tiny_pipeline_dir), str(tmp_path / "missing"), "--output_json", str(output)]
+        )
+    assert not output.exists()

@@ -50,7 +50,7 @@ from training.precision import apply_memory_format, create_optimizer, enable_tf3
 from training.preflight import check_before_training
 from training.run_record import summary_line, trained_record
 from training.sampling import build_pipeline
-from training.stability import NonFiniteGuard
+from training.stability import LossCollapseGuard, NonFiniteGuard
 from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
 from training.training_evaluation import load_training_evaluation
 from training.validation import Validation
@@ -190,6 +190,7 @@ def main(args: argparse.Namespace) -> None:
         evaluation=load_training_evaluation(args, vocabulary, accelerator),
     )  # fmt: skip
     guard = NonFiniteGuard(accelerator)
+    collapse_guard = LossCollapseGuard()
 
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_local_main_process
@@ -251,13 +252,15 @@ def main(args: argparse.Namespace) -> None:
             }
             step_loss.zero_()
             accelerator.log(logs, step=global_step)
+            collapsing = collapse_guard.record(global_step, mean_loss)  # stops the run if it stays collapsed
             progress.update(1)
             progress.set_postfix(
                 loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_second']:.0f}"
             )
 
-            # Not while steps are skipped: the weights may have blown up, and the checkpoint would become "latest".
-            if global_step % args.checkpointing_steps == 0 and not step_skipped:
+            # Not while steps are skipped or the loss is collapsing: the weights may be broken, and the checkpoint
+            # would become "latest".
+            if global_step % args.checkpointing_steps == 0 and not (step_skipped or collapsing):
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, signature)
             if global_step % args.validation_steps == 0 or global_step == max_train_steps:
                 validation(model, ema, global_step)  # and at the end: the final weights are scored too

@@ -16,7 +16,7 @@ from training_runs import train_conditional, train_in_process
 
 TINY = ["--model_config_name_or_path", "tiny", "--resolution", "8", "--train_batch_size", "4",
         "--validation_steps", "100", "--validation_inference_steps", "1", "--use_ema"]  # fmt: skip
-# From this step on the training loss is reported 50x higher, finite. A real too-high learning rate is no
+# From this step on the training loss is 50x higher and finite (Adam's steps keep their size). A real too-high LR is no
 # reliable way to get there: which step goes non-finite first depends on the CPU's kernels (on an AMD EPYC the
 # gradients of learning rate 0.3 turn NaN while the loss stays finite, which is NonFiniteGuard's case, not this one).
 JUMP_STEP, JUMP_FACTOR = 15, 50.0

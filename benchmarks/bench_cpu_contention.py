@@ -32,7 +32,9 @@ BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
 def policies(cores: int) -> dict[str, dict]:
     """Candidate policies: label -> {"threads": "auto" | N, "env": extra environment}."""
     candidates = {
-        f"{cores} threads (every core; what `--num_cpu_threads_per_process {cores}` gave)": {"threads": cores, "env": {}},
+        f"{cores} threads (every core; what `--num_cpu_threads_per_process {cores}` gave)": {
+            "threads": cores, "env": {}
+        },
         f"{cores} threads, OMP_WAIT_POLICY=PASSIVE": {"threads": cores, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
         "auto (the default: adapts to other load)": {"threads": AUTO, "env": {}},
     }

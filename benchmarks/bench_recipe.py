@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration_seconds", type=float, default=20.0)
     parser.add_argument("--cache_dir", default=None, help="The data cache (default: $ICLEVR_CACHE or ~/.cache).")
     parser.add_argument("--train_data_dir", default=None, help="Train on this i-CLEVR folder (default: built-in).")
-    parser.add_argument("--model_config_name_or_path", default=None, help=f"Over BASE's {BASE['model_config_name_or_path']!r}.")
+    parser.add_argument("--model_config_name_or_path", default=None,
+                        help=f"Over BASE's {BASE['model_config_name_or_path']!r}.")
     parser.add_argument("--resolution", type=positive_int, default=None, help=f"Over BASE's {BASE['resolution']}.")
     return parser
 
@@ -229,9 +230,11 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> str:
     lines = [
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; budget "
         f"{args.minutes:g} training minutes per variant; accuracy of the EMA weights, {len(args.seeds)} seeds, the "
-        f"pipeline's default sampler {args.validation_inference_steps} steps, guidance {args.validation_guidance_scale:g}",
+        f"pipeline's default sampler {args.validation_inference_steps} steps, "
+        f"guidance {args.validation_guidance_scale:g}",
         "",
-        "| variant | flags over the base | steps | minutes | test % | new_test % | mean % | curve (mean % at minutes) |",
+        "| variant | flags over the base | steps | minutes | test % | new_test % | mean % "
+        "| curve (mean % at minutes) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, points in results.items():

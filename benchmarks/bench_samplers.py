@@ -159,9 +159,12 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {mark}{r['sampler']}{mark} | {r['steps']} | {accuracy} | {mark}{100 * r['mean_accuracy']:.1f}"
                      f"{mark} | {delta} | {r['seconds_per_image']:.3f} |")
     if best is not None:
+        versus_reference = (
+            f" (DDPM 1000: {100 * reference['mean_accuracy']:.1f} %, "
+            f"{REFERENCE[1] / best['steps']:.0f}x the network evaluations)" if reference else ""
+        )
         lines.append(f"\nbest with <= 25 steps: {best['sampler']} at {best['steps']} steps, "
-                     f"{100 * best['mean_accuracy']:.1f} %" + (f" (DDPM 1000: {100 * reference['mean_accuracy']:.1f} %, "
-                     f"{REFERENCE[1] / best['steps']:.0f}x the network evaluations)" if reference else ""))
+                     f"{100 * best['mean_accuracy']:.1f} %{versus_reference}")
     return "\n".join(lines)
 
 

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conditions", action="append", default=[], type=Path, metavar="FILE",
                         help="A test.json-style file (a JSON list of label lists); repeatable.")
     parser.add_argument("--num_images_per_prompt", type=positive_int, default=1, help="Images per label list.")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="Image j of every list is drawn from seed + j.")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="Image j of every list is drawn from seed + j.")
     add_scheduler_argument(parser)
     parser.add_argument("--num_inference_steps", type=positive_int, default=None,
                         help="Denoising steps (default: the pipeline's own, 25 for this repo's).")

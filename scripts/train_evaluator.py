@@ -264,7 +264,9 @@ def train_evaluator(args: argparse.Namespace) -> dict:
     if args.output_path.is_dir():
         raise SystemExit(f"error: --output_path {args.output_path} is a folder; give a file path like checkpoint.pth")
     if not 0.0 <= args.low_resolution_fraction <= 1.0:
-        raise SystemExit(f"error: --low_resolution_fraction must be between 0 and 1, got {args.low_resolution_fraction}")
+        raise SystemExit(
+            f"error: --low_resolution_fraction must be between 0 and 1, got {args.low_resolution_fraction}"
+        )
     check_writable(args.output_path.parent, "--output_path")  # before training, not after
     device = check_device(args.device)
     cpu_threads = CpuThreads(args.cpu_threads, device=device)

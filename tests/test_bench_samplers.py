@@ -26,7 +26,8 @@ def _bench():
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("samplers")
     torch.manual_seed(0)
-    build_pipeline(create_model("tiny", sample_size=16), DDPMScheduler(), LabelVocabulary()).save_pretrained(root / "pipe")
+    pipeline = build_pipeline(create_model("tiny", sample_size=16), DDPMScheduler(), LabelVocabulary())
+    pipeline.save_pretrained(root / "pipe")
     save_evaluator(build_evaluator(), root / "evaluator.pth")
     (root / "conditions.json").write_text(json.dumps(CONDITIONS))
     return root

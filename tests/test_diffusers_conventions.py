@@ -236,8 +236,8 @@ def test_automodel_and_the_pipeline_conventions_work_from_an_exported_folder_in_
     script.write_text(REMOTE_SCRIPT)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
-    result = subprocess.run([sys.executable, str(script), str(folder)], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"},
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run([sys.executable, str(script), str(folder)], cwd=tmp_path,
+                            env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)  # fmt: skip
 
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
@@ -254,7 +254,8 @@ def test_an_export_of_a_unet_saved_without_auto_map_gets_one(tmp_path):
     saved = tmp_path / "trained"
     build_pipeline(create_model("tiny", sample_size=32), DDPMScheduler(), LabelVocabulary()).save_pretrained(saved)
     config_file = saved / "unet" / "config.json"
-    config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items() if k != "auto_map"}))
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({k: v for k, v in config.items() if k != "auto_map"}))
 
     folder = export_pipeline(saved, tmp_path / "export")
 

@@ -210,7 +210,8 @@ def test_a_slice_of_the_items_scores_as_it_does_in_the_full_run(files):
 
 
 def test_training_evaluates_on_the_training_folders_condition_files_by_default(tiny_iclevr_dir):
-    assert default_condition_files(tiny_iclevr_dir) == [tiny_iclevr_dir / "test.json", tiny_iclevr_dir / "new_test.json"]
+    expected = [tiny_iclevr_dir / "test.json", tiny_iclevr_dir / "new_test.json"]
+    assert default_condition_files(tiny_iclevr_dir) == expected
 
 
 # ---- the evaluation inside train_conditional.py ----------------------------------------------------------------------

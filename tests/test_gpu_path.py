@@ -47,9 +47,9 @@ def diverging_run(tiny_iclevr_dir, tmp_path_factory) -> tuple[Path, subprocess.C
     """A learning rate of 1e30: the first step throws the weights to ~1e30, every later loss is NaN."""
     output_dir = tmp_path_factory.mktemp("diverging") / "run"
     result = launch_training(*TINY, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
-                    "--max_train_steps", "40", "--learning_rate", "1e30", "--lr_scheduler", "constant",
-                    "--lr_warmup_steps", "0", "--checkpointing_steps", "1", "--validation_steps", "100",
-                    check=False)  # fmt: skip
+                             "--max_train_steps", "40", "--learning_rate", "1e30", "--lr_scheduler", "constant",
+                             "--lr_warmup_steps", "0", "--checkpointing_steps", "1", "--validation_steps", "100",
+                             check=False)  # fmt: skip
     return output_dir, result
 
 

@@ -23,7 +23,8 @@ def test_each_prediction_type_has_its_target():
     alpha = _scheduler().alphas_cumprod[t].sqrt()[:, None, None, None]
     sigma = (1 - _scheduler().alphas_cumprod[t]).sqrt()[:, None, None, None]
     assert torch.equal(training_target(_scheduler("epsilon"), x0, noise, t), noise)
-    assert torch.allclose(training_target(_scheduler("v_prediction"), x0, noise, t), alpha * noise - sigma * x0, atol=1e-6)
+    v_target = training_target(_scheduler("v_prediction"), x0, noise, t)
+    assert torch.allclose(v_target, alpha * noise - sigma * x0, atol=1e-6)
     assert torch.equal(training_target(_scheduler("sample"), x0, noise, t), x0)
 
 

@@ -36,7 +36,8 @@ def test_settings_are_typed_and_reach_the_scheduler():
     ("spec", "message"),
     [
         ("dpmsolver", "unknown sampler 'dpmsolver'; did you mean 'dpmsolver++'?"),
-        ("ddim,timestep_spaceing=trailing", "ddim has no setting 'timestep_spaceing'; did you mean 'timestep_spacing'?"),
+        ("ddim,timestep_spaceing=trailing",
+         "ddim has no setting 'timestep_spaceing'; did you mean 'timestep_spacing'?"),
         ("unipc,eta=1", "eta applies to DDIMScheduler only, not to unipc"),
         ("ddim,eta", "must look like key=value"),
     ],

@@ -155,7 +155,7 @@ def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_losses(
     shutil.copytree(tiny_run / "checkpoint-6", resumed / "checkpoint-6")
 
     launch_training(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(resumed),
-           "--resume_from_checkpoint", "latest")
+                    "--resume_from_checkpoint", "latest")
 
     first, second = logged_scalars(tiny_run, "loss"), logged_scalars(resumed, "loss")
     assert sorted(second) == [7, 8]  # no replayed or skipped steps
@@ -163,10 +163,11 @@ def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_losses(
 
 
 def test_ema_and_lr_schedule_step_once_per_optimizer_step_under_gradient_accumulation(tiny_iclevr_dir, tmp_path):
-    launch_training("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path), "--model_config_name_or_path",
-           "tiny", "--resolution", "32", "--train_batch_size", "4", "--gradient_accumulation_steps", "3",
-           "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "100",
-           "--validation_inference_steps", "1", "--use_ema", "--report_to", "none")
+    launch_training("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path),
+                    "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "4",
+                    "--gradient_accumulation_steps", "3", "--max_train_steps", "3", "--checkpointing_steps", "3",
+                    "--validation_steps", "100", "--validation_inference_steps", "1", "--use_ema",
+                    "--report_to", "none")
 
     ema_settings = json.loads((tmp_path / "checkpoint-3" / "unet_ema" / "config.json").read_text())
     scheduler_state = torch.load(tmp_path / "checkpoint-3" / "scheduler.bin", weights_only=True)

@@ -125,8 +125,9 @@ def evaluation_files(tmp_path_factory) -> list[str]:
 def first_run(tiny_iclevr_dir, evaluation_files, tmp_path_factory) -> Path:
     """W&B and TensorBoard, evaluation at every validation, the pipeline artifact, a run name."""
     output_dir = tmp_path_factory.mktemp("wandb") / "run"
-    launch_training(*TINY_RUN, *evaluation_files, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
-           "--report_to", "all", "--tracker_run_name", "tiny-wandb-run", "--log_pipeline_artifact")
+    launch_training(*TINY_RUN, *evaluation_files, "--train_data_dir", str(tiny_iclevr_dir),
+                    "--output_dir", str(output_dir), "--report_to", "all", "--tracker_run_name", "tiny-wandb-run",
+                    "--log_pipeline_artifact")
     return output_dir
 
 
@@ -140,8 +141,9 @@ def wandb_run(first_run) -> OfflineRun:
 def resumed_run(first_run, tiny_iclevr_dir, tmp_path_factory) -> Path:
     """Training resumed from the first run's checkpoint-2 into another folder."""
     output_dir = tmp_path_factory.mktemp("wandb-resumed") / "run"
-    launch_training(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir), "--report_to",
-           "wandb", "--validation_steps", "100", "--resume_from_checkpoint", str(first_run / "checkpoint-2"))
+    launch_training(*TINY_RUN, "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir),
+                    "--report_to", "wandb", "--validation_steps", "100",
+                    "--resume_from_checkpoint", str(first_run / "checkpoint-2"))
     return output_dir
 
 

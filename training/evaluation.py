@@ -1,9 +1,9 @@
 """Scoring a pipeline with the evaluator: condition files x seeds -> accuracy, exact match, grids, timings.
 
 Used by `scripts/evaluate.py`, `benchmarks/bench_samplers.py` and, every `--validation_steps`, by
-`train_conditional.py` (training/training_evaluation.py). Work is a flat list of (condition file, seed, condition) items; every image has its
-own generator derived from (seed, condition index), so any slice of the items can be generated and scored on its
-own — by another batch size or another process — and the records merged once.
+`train_conditional.py` (training/training_evaluation.py). Work is a flat list of (condition file, seed, condition)
+items; every image has its own generator derived from (seed, condition index), so any slice of the items can be
+generated and scored on its own — by another batch size or another process — and the records merged once.
 """
 
 from __future__ import annotations

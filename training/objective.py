@@ -18,7 +18,9 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_BIAS_STRATEGIES = ("none", "later", "earlier", "range")
 
 
-def batch_generator(seed: int, epoch: int, batch_index: int, process_index: int, device: torch.device) -> torch.Generator:
+def batch_generator(
+    seed: int, epoch: int, batch_index: int, process_index: int, device: torch.device
+) -> torch.Generator:
     """A generator for one batch's noise, timesteps and label dropout.
 
     Seeding from the batch's position (not from a running global RNG) makes a resumed run draw exactly what the
@@ -53,7 +55,9 @@ def timestep_weights(
     elif strategy == "range":
         weights[begin:end] *= multiplier
     else:
-        raise ValueError(f"timestep bias strategy must be one of {', '.join(TIMESTEP_BIAS_STRATEGIES)}, got {strategy!r}")
+        raise ValueError(
+            f"timestep bias strategy must be one of {', '.join(TIMESTEP_BIAS_STRATEGIES)}, got {strategy!r}"
+        )
     return weights / weights.sum()
 
 

@@ -88,7 +88,8 @@ def parse_sampler(spec: str) -> Sampler:
     name, *settings = spec.split(",")
     if name not in SAMPLERS:
         raise SamplerError(
-            f"unknown sampler {name!r}; did you mean {closest(name, list(SAMPLERS))!r}? choose from {', '.join(SAMPLERS)}"
+            f"unknown sampler {name!r}; did you mean {closest(name, list(SAMPLERS))!r}? "
+            f"choose from {', '.join(SAMPLERS)}"
         )
     scheduler_class = SAMPLERS[name][0]
     allowed = [p for p in inspect.signature(scheduler_class.__init__).parameters if p != "self"]

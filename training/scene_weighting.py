@@ -35,7 +35,9 @@ def epoch_order(label_lists: Sequence[Sequence[str]], same_colour_repeats: int =
     The result is what a shuffling sampler permutes each epoch, so repeated images land at random places in it.
     """
     if same_colour_repeats < 1:
-        raise ValueError(f"same_colour_repeats must be a whole number >= 1 (1 = every image once), got {same_colour_repeats}")
+        raise ValueError(
+            f"same_colour_repeats must be a whole number >= 1 (1 = every image once), got {same_colour_repeats}"
+        )
     indices = np.arange(len(label_lists))
     if same_colour_repeats == 1:
         return indices

@@ -42,8 +42,9 @@ BASE = {
     "lr_warmup_steps": 100, "mixed_precision": "bf16", "use_ema": True, "prediction_type": "v_prediction",
     "snr_gamma": 5.0, "timestep_bias_strategy": "none", "ema_max_decay": 0.9999, "same_colour_repeats": 1,
 }  # fmt: skip
-# Model config over the preset, also explicit: the study's starting point has plain additive time embeddings.
-BASE_MODEL = {"resnet_time_scale_shift": "default"}
+# Model config over the preset, also explicit: the study's starting point has plain additive time embeddings and
+# nn.Linear's own initialisation of the label projection.
+BASE_MODEL = {"resnet_time_scale_shift": "default", "label_embedding_norm": None}
 # name -> flags over BASE (a value of True is a switch, None is "none"; "model" holds preset config overrides)
 VARIANTS: dict[str, dict] = {
     "epsilon": {"prediction_type": "epsilon", "snr_gamma": None},
@@ -68,6 +69,11 @@ VARIANTS: dict[str, dict] = {
     "v-min-snr-adagn-lr1e-3-wide": {
         "model": {"resnet_time_scale_shift": "scale_shift", "block_out_channels": [32, 64, 192, 256]},
         "learning_rate": 1e-3,
+    },
+    # each label's embedding starts at norm 8 instead of ~1.3, beside a timestep embedding that grows to 4-10:
+    # the labels steer from the first step (README: Object counts)
+    "v-min-snr-adagn-lr1e-3-labelnorm8": {
+        "model": {"resnet_time_scale_shift": "scale_shift", "label_embedding_norm": 8.0}, "learning_rate": 1e-3,
     },
     # images with two objects of one colour (~11 % of i-CLEVR's) shown 3 times an epoch: binding one colour to two
     # shapes is what the hour-long base still gets wrong most (new_test's weakest labels)

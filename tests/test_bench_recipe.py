@@ -49,6 +49,7 @@ def test_variants_train_what_they_say(bench):
     adagn = json.loads((work / "runs" / "v-min-snr-adagn" / "unet" / "config.json").read_text())
     assert epsilon["prediction_type"] == "epsilon" and epsilon["snr_gamma"] is None
     assert epsilon_unet["resnet_time_scale_shift"] == "default"  # the base is explicit, whatever the presets say
+    assert epsilon_unet["label_embedding_norm"] is None  # nn.Linear's own initialisation, as the study began
     assert adagn["resnet_time_scale_shift"] == "scale_shift"
 
 

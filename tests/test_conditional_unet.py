@@ -87,6 +87,31 @@ def test_a_training_step_reaches_the_label_projection():
     assert model.label_projection.weight.grad.abs().sum() > 0
 
 
+def test_each_label_embedding_starts_at_the_configured_norm(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**PRESETS["tiny"], "label_embedding_norm": 8}))
+    torch.manual_seed(0)
+    model = create_model(str(path), sample_size=32)
+    one_label_each = model.label_projection.weight.detach().T  # (labels, width): label i's embedding minus the bias
+    assert one_label_each.norm(dim=1) == pytest.approx([8.0] * 24, rel=1e-5)
+    assert model.config.label_embedding_norm == 8
+
+
+def test_by_default_the_label_projection_keeps_the_linear_layers_own_initialisation():
+    torch.manual_seed(0)
+    weight = create_model("tiny", sample_size=32).label_projection.weight
+    # nn.Linear draws uniformly within +-1/sqrt(in_features); a norm-8 column (width 128) lies far outside.
+    assert weight.abs().max() <= 24**-0.5
+    assert weight.norm(dim=0).max() < 2.0
+
+
+def test_a_non_positive_label_embedding_norm_is_a_one_line_error(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**PRESETS["tiny"], "label_embedding_norm": 0}))
+    with pytest.raises(ValueError, match=r"label_embedding_norm must be a positive number .* got 0$"):
+        create_model(str(path), sample_size=32)
+
+
 def test_bf16_weights_accept_float32_labels(model, tmp_path):
     model.save_pretrained(tmp_path)
     bf16_model = ConditionalUNet2DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)

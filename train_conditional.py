@@ -104,7 +104,10 @@ def main(args: argparse.Namespace) -> None:
     )
 
     # --- model, noise schedule, EMA, optimiser
-    model = create_model(args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary))
+    model = create_model(
+        args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary),
+        label_embedding_norm=args.label_embedding_norm,
+    )
     model = apply_memory_format(model, args.channels_last)
     signature = checkpoint_signature(args, model)  # recorded in every checkpoint; a resume must match it
     noise_scheduler = DDPMScheduler(

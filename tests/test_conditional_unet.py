@@ -97,6 +97,15 @@ def test_each_label_embedding_starts_at_the_configured_norm(tmp_path):
     assert model.config.label_embedding_norm == 8
 
 
+def test_a_label_embedding_norm_given_to_create_model_replaces_the_configs(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**PRESETS["tiny"], "label_embedding_norm": 8}))
+    torch.manual_seed(0)
+    model = create_model(str(path), sample_size=32, label_embedding_norm=5)
+    assert model.label_projection.weight.detach().norm(dim=0) == pytest.approx([5.0] * 24, rel=1e-5)
+    assert model.config.label_embedding_norm == 5
+
+
 def test_by_default_the_label_projection_keeps_the_linear_layers_own_initialisation():
     torch.manual_seed(0)
     weight = create_model("tiny", sample_size=32).label_projection.weight

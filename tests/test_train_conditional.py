@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from training.args import parse_args
 from training.cpu_threads import physical_cores
@@ -95,6 +96,27 @@ def test_same_colour_images_are_shown_three_times_by_default_lengthening_the_epo
     assert training_args["trained"]["epochs"] == 1.0
     assert training_args["trained"]["images_seen"] == 50
     assert training_args["trained"]["data"]["images"] == 36
+
+
+def test_label_embedding_norm_sets_the_trained_models_starting_norm_and_is_saved_in_its_config(
+    tiny_iclevr_dir, tmp_path
+):
+    train_in_process("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path),
+                     "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "8",
+                     "--max_train_steps", "1", "--learning_rate", "1e-9", "--validation_steps", "100",
+                     "--validation_inference_steps", "1", "--report_to", "tensorboard", "--label_embedding_norm", "5")
+
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    assert config["label_embedding_norm"] == 5
+    weights = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    # one step at a learning rate of 1e-9 leaves the columns where they started
+    assert weights["label_projection.weight"].float().norm(dim=0) == pytest.approx([5.0] * 24, rel=1e-3)
+
+
+def test_a_non_positive_label_embedding_norm_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--label_embedding_norm", "0"])
+    assert "--label_embedding_norm: must be a positive number, got 0" in capsys.readouterr().err
 
 
 def test_the_run_ends_with_one_summary_line(tiny_launch):

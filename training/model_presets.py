@@ -120,10 +120,15 @@ def load_model_config(name_or_path: str, *, sample_size: int) -> dict[str, Any]:
     return config
 
 
-def create_model(name_or_path: str, *, sample_size: int, num_labels: int = 24) -> ConditionalUNet2DModel:
-    """A freshly initialised ConditionalUNet2DModel from a preset name or a config JSON."""
+def create_model(
+    name_or_path: str, *, sample_size: int, num_labels: int = 24, label_embedding_norm: float | None = None
+) -> ConditionalUNet2DModel:
+    """A freshly initialised ConditionalUNet2DModel from a preset name or a config JSON; a `label_embedding_norm`
+    replaces the config's."""
     config = load_model_config(name_or_path, sample_size=sample_size)
     config["num_labels"] = num_labels
+    if label_embedding_norm is not None:
+        config["label_embedding_norm"] = label_embedding_norm
     try:
         return ConditionalUNet2DModel(**config)
     except (TypeError, ValueError, KeyError) as error:  # values of the right names but the wrong kind

@@ -183,6 +183,17 @@ def test_model_card_shows_the_loading_snippet_labels_training_settings_and_evalu
     assert "| test.json | 0.8125 ± 0.0125 |" in card
 
 
+def test_model_card_names_the_label_embeddings_starting_norm_only_when_one_was_set(model_dir, tmp_path):
+    plain = (export_pipeline(model_dir, tmp_path / "plain") / "README.md").read_text()
+    training_args = json.loads((model_dir / "training_args.json").read_text())
+    (model_dir / "training_args.json").write_text(json.dumps({**training_args, "label_embedding_norm": 8.0}))
+
+    card = (export_pipeline(model_dir, tmp_path / "norm8") / "README.md").read_text()
+
+    assert "label embeddings' starting norm" not in plain
+    assert "label embeddings' starting norm: 8" in card
+
+
 def test_model_card_says_what_was_trained_and_on_which_data_beside_the_flags(model_dir, tmp_path):
     trained = {"steps": 2, "epochs": 0.4, "images_seen": 16,
                "data": {"source": "hub", "dataset": "tester/shapes", "revision": "abc123", "images": 36}}

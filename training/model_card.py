@@ -105,6 +105,7 @@ it (the front-matter above names the app). It imports `training/` of this reposi
 # on what is the record under "trained" (training/run_record.py), not --max_train_steps / --num_train_epochs.
 KEY_SETTINGS = (
     ("model_config_name_or_path", "model"),
+    ("label_embedding_norm", "label embeddings' starting norm"),
     ("resolution", "resolution"),
     ("train_batch_size", "batch size per device"),
     ("learning_rate", "learning rate"),

@@ -37,7 +37,7 @@ import torch
 
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.checkpointing import list_checkpoints
-from training.cli import positive_int
+from training.cli import positive_float_or_none, positive_int
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
 from training.model_presets import PRESETS, load_model_config
 from training.samplers import DEFAULT_SAMPLER, SamplerError, parse_sampler
@@ -50,8 +50,8 @@ TIMINGS_FILE = "timings.json"
 LOG_TAIL_LINES = 15
 ERROR_LINE = re.compile(r"^(error: |[\w.]*(Error|Exception): )")
 # The diffusion-model flags a cached model must have been trained with (names as in train_conditional.py).
-MODEL_FLAGS = ("model_config_name_or_path", "resolution", "train_batch_size", "max_train_steps", "learning_rate",
-               "lr_warmup_steps", "mixed_precision", "use_ema", "seed")
+MODEL_FLAGS = ("model_config_name_or_path", "label_embedding_norm", "resolution", "train_batch_size", "max_train_steps",
+               "learning_rate", "lr_warmup_steps", "mixed_precision", "use_ema", "seed")
 
 
 class StageError(RuntimeError):
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("diffusion model budget (train_conditional.py; defaults: the CPU quick-start)")
     model.add_argument("--model_config_name_or_path", default="cpu")
+    model.add_argument("--label_embedding_norm", type=positive_float_or_none, default=8.0,
+                       help="As train_conditional.py's flag (8: the quick start's); 'none' keeps the model config's.")
     model.add_argument("--resolution", type=positive_int, default=32)
     model.add_argument("--train_batch_size", type=positive_int, default=32)
     model.add_argument("--max_train_steps", type=positive_int, default=2200)  # the README quick start's
@@ -272,6 +274,7 @@ def model_stage(bench: Bench, train_data_dir: Path) -> Path:
     if not _parses(model_dir / "training_args.json"):
         flags = [
             "--model_config_name_or_path", args.model_config_name_or_path,
+            *(["--label_embedding_norm", str(args.label_embedding_norm)] if args.label_embedding_norm else []),
             "--resolution", str(args.resolution),
             "--train_batch_size", str(args.train_batch_size),
             "--max_train_steps", str(args.max_train_steps),
@@ -409,12 +412,16 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
     hardware += f", GPU {info['gpu']}" if "gpu" in info else ""
     spent = (f"{model_time['seconds'] / 60:.1f} min wall time" + (f" over {model_time['runs']} runs (resumed)"
              if model_time["runs"] > 1 else "")) if model_time else "wall time not recorded"
+    norm = args.label_embedding_norm
+    label_norm = f" with label embeddings starting at norm {norm:g}" if norm else ""
     lines = [
         "## Synthetic i-CLEVR benchmark",
         "",
         f"- Command: `{command}`",
         f"- Machine: {hardware}",
-        f"- Diffusion model: preset `{args.model_config_name_or_path}`, {args.resolution}x{args.resolution}, "
+        f"- Diffusion model: preset `{args.model_config_name_or_path}`"
+        f"{label_norm}, "
+        f"{args.resolution}x{args.resolution}, "
         f"{args.max_train_steps} steps x batch {args.train_batch_size} (lr {args.learning_rate:g}, warm-up "
         f"{args.lr_warmup_steps}, {args.mixed_precision}{', EMA' if args.use_ema else ''}) on {3 * args.num_scenes} "
         f"synthetic images; {spent}",

@@ -54,6 +54,12 @@ def test_benchmark_writes_one_row_per_sampler_and_guidance_with_the_budget(bench
     assert "python benchmarks/bench_iclevr.py --work_dir" in table  # the exact command
 
 
+def test_the_model_starts_its_label_embeddings_at_the_quick_starts_norm(bench_dir):
+    assert json.loads((bench_dir / "model" / "unet" / "config.json").read_text())["label_embedding_norm"] == 8
+    assert json.loads((bench_dir / "results.json").read_text())["budget"]["label_embedding_norm"] == 8
+    assert "label embeddings starting at norm 8" in (bench_dir / "results.md").read_text()
+
+
 def test_a_second_run_reuses_the_evaluator_the_model_and_every_report(bench_dir):
     logs = sorted((bench_dir / "logs").glob("*.log"))
     before = {log.name: launches(log) for log in logs}

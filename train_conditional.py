@@ -46,7 +46,13 @@ from training.figures import denoising_figure, image_grid
 from training.hub import push_pipeline_to_hub
 from training.model_presets import create_model
 from training.objective import batch_generator, diffusion_loss, timestep_weights
-from training.precision import apply_memory_format, create_optimizer, enable_tf32
+from training.precision import (
+    apply_memory_format,
+    create_optimizer,
+    enable_tf32,
+    launch_device,
+    training_mixed_precision,
+)
 from training.preflight import check_before_training
 from training.run_record import summary_line, trained_record
 from training.sampling import build_pipeline
@@ -60,9 +66,13 @@ logger = get_logger(__name__)
 
 def main(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir)
+    # Decided before the Accelerator exists: its mixed precision cannot change afterwards.
+    mixed_precision, precision_warning = training_mixed_precision(args.mixed_precision, launch_device())
+    if precision_warning:  # training_args.json and the model card then say what the run trained in
+        args.mixed_precision = mixed_precision
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
@@ -77,6 +87,8 @@ def main(args: argparse.Namespace) -> None:
     checkpoint = check_before_training(args, accelerator)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if precision_warning:
+        logger.warning(precision_warning)
     set_seed(args.seed)
     tf32 = enable_tf32(accelerator.device)
     # On CPU: all cores while the machine is otherwise idle, fewer while other processes are busy.

@@ -30,7 +30,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import make_image_grid
 
 from training.errors import UserError, one_line
-from training.inference import DTYPES, add_device_arguments, call_defaults, resolve_device
+from training.inference import DTYPES, add_device_arguments, call_defaults, resolve_device, resolve_dtype
 from training.samplers import SAMPLERS, SamplerError, sampler_name, set_sampler
 
 MAX_STEPS = 1000  # DDPM's training count
@@ -170,7 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        pipe = load(args.pipeline, resolve_device(args.device), DTYPES[args.dtype])
+        device = resolve_device(args.device)
+        pipe = load(args.pipeline, device, DTYPES[resolve_dtype(args.dtype, device)])
     except (UserError, OSError) as error:  # not one_line_errors: it needs the `pipeline` package, absent in a Space
         sys.exit(f"error: {one_line(error)}")
     title = f"i-CLEVR diffusion: {Path(args.pipeline).name}"

@@ -29,7 +29,7 @@ from training.evaluation import (
 from training.errors import one_line_errors
 from training.evaluator import load_evaluator
 from training.figures import denoising_figure, image_grid
-from training.inference import DTYPES, add_device_arguments, resolve_device
+from training.inference import DTYPES, add_device_arguments, resolve_device, resolve_dtype
 from training.judge_ceiling import judge_ceiling
 from training.pipeline_loading import load_pipeline
 from training.samplers import add_scheduler_argument, parse_sampler, sampler_name, set_sampler
@@ -63,6 +63,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     sampler = parse_sampler(args.scheduler) if args.scheduler else None
     condition_files = resolve_condition_files(args.conditions)
     device = resolve_device(args.device)
+    args.dtype = resolve_dtype(args.dtype, device)  # the report records what sampled
     check_writable(args.output_dir, "--output_dir")
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
     evaluator = load_evaluator(args.evaluator_checkpoint, device)

@@ -30,7 +30,7 @@ from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import load_condition_file
 from training.errors import one_line_errors
 from training.figures import captioned_grid
-from training.inference import DTYPES, add_device_arguments, call_defaults, resolve_device
+from training.inference import DTYPES, add_device_arguments, call_defaults, resolve_device, resolve_dtype
 from training.pipeline_loading import load_pipeline, pipeline_vocabulary
 from training.samplers import add_scheduler_argument, parse_sampler, sampler_name, set_sampler
 
@@ -80,6 +80,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     # Everything that can be checked without the weights is checked first: a typo fails before any work starts.
     sampler = parse_sampler(args.scheduler) if args.scheduler else None
     device = resolve_device(args.device)
+    args.dtype = resolve_dtype(args.dtype, device)  # the manifest records what sampled
     check_writable(args.output_dir, "--output_dir")
     vocabulary, commit = pipeline_vocabulary(args.pipeline, revision=args.revision)
     label_lists = read_label_lists(args, vocabulary)

@@ -42,6 +42,7 @@ from training.cli import (
     positive_float,
     positive_int,
 )
+from training.bf16_support import bf16_fallback_warning
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError, builtin_synthetic_dir, load_training_set, vocabulary_for
 from training.errors import one_line_errors
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight_decay", type=non_negative_float, default=0.05)
     optim.add_argument("--warmup_steps", type=non_negative_int, default=200)
     optim.add_argument("--mixed_precision", choices=("no", "bf16"), default="no",
-                       help="bf16 autocast (works on CPU too); the checkpoint is always saved in float32.")
+                       help="bf16 autocast (on CPU only with native bfloat16, else float32 with a warning); the "
+                            "checkpoint is always saved in float32.")
     optim.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation.")
     optim.add_argument("--num_workers", type=non_negative_int, default=0, help="DataLoader worker processes.")
     optim.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
@@ -269,6 +271,9 @@ def train_evaluator(args: argparse.Namespace) -> dict:
         )
     check_writable(args.output_path.parent, "--output_path")  # before training, not after
     device = check_device(args.device)
+    if args.mixed_precision == "bf16" and (warning := bf16_fallback_warning(device, "--mixed_precision", "no")):
+        print(f"WARNING: {warning}")
+        args.mixed_precision = "no"
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
     torch.manual_seed(args.seed)
 
@@ -328,6 +333,7 @@ def train_evaluator(args: argparse.Namespace) -> dict:
         "train_data": source["train"],
         "validation_data": source["validation"],
         "epochs": args.epochs,
+        "mixed_precision": args.mixed_precision,
         **cpu_threads.describe(),
         "seconds": round(time.perf_counter() - start, 1),
     }

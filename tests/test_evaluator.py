@@ -8,6 +8,7 @@ import torch
 
 from conftest import import_script
 from pipeline.vocabulary import DEFAULT_LABELS
+from training import bf16_support
 from training.evaluator import (
     EvaluatorError,
     build_evaluator,
@@ -397,6 +398,19 @@ def test_training_script_saves_a_loadable_checkpoint_and_metrics(train_script, t
     assert saved["low_resolution"]["resolution"] == 32 and saved["low_resolution"]["num_images"] == 9
     assert saved["reached_target"] is False  # one epoch on 27 images: far from 99.5 %
     assert "WARNING" in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_trains_the_evaluator_in_float32_and_says_so(
+    train_script, tiny_iclevr_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(bf16_support, "cpu_has_native_bf16", lambda: False)
+    output = tmp_path / "checkpoint.pth"
+    report = train_script.main([
+        "--train_data_dir", str(tiny_iclevr_dir), "--output_path", str(output),
+        "--epochs", "1", "--batch_size", "16", "--validation_fraction", "0.25", "--mixed_precision", "bf16",
+    ])
+    assert report["mixed_precision"] == "no"
+    assert "WARNING: --mixed_precision bf16: this CPU has no native bfloat16" in capsys.readouterr().out
 
 
 def test_training_images_are_shown_natively_and_as_32_pixel_renders_upsampled(train_script):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT, import_script
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from training import bf16_support
 from training.hub import push_pipeline_to_hub
 
 STEPS = "2"
@@ -112,11 +113,22 @@ def test_the_script_shows_a_progress_bar_and_a_summary(script_run):
     assert "4 images" in result.stdout
 
 
-def test_dtype_bf16_generates_and_is_recorded(tiny_pipeline_dir, tmp_path):
+def test_dtype_bf16_generates_and_is_recorded(tiny_pipeline_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(bf16_support, "cpu_has_native_bf16", lambda: True)
     import_script("generate").main(_argv(tiny_pipeline_dir, tmp_path, "--dtype", "bf16"))
 
     assert json.loads((tmp_path / "manifest.json").read_text())["dtype"] == "bf16"
     assert all(Image.open(tmp_path / name).size == (32, 32) for name in FILES)
+
+
+def test_dtype_bf16_on_a_cpu_without_native_bfloat16_samples_in_fp32_and_says_so(
+    tiny_pipeline_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(bf16_support, "cpu_has_native_bf16", lambda: False)
+    import_script("generate").main(_argv(tiny_pipeline_dir, tmp_path, "--dtype", "bf16"))
+
+    assert json.loads((tmp_path / "manifest.json").read_text())["dtype"] == "fp32"
+    assert "WARNING: --dtype bf16: this CPU has no native bfloat16" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, expected", [

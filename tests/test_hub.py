@@ -30,8 +30,8 @@ PIPELINE_FILES = {
     "training_args.json", "scheduler/scheduler_config.json", "unet/config.json", "unet/conditional_unet.py",
     "unet/diffusion_pytorch_model.safetensors",
     # the demo, which a Space runs: the app, the code it imports from the checkout, what the Space installs
-    "scripts/demo.py", "training/__init__.py", "training/cli.py", "training/errors.py", "training/inference.py",
-    "training/samplers.py",
+    "scripts/demo.py", "training/__init__.py", "training/bf16_support.py", "training/cli.py", "training/errors.py",
+    "training/inference.py", "training/samplers.py",
     "requirements.txt",
 }
 REPORT = {"test.json": {"accuracy": {"mean": 0.8125, "std": 0.0125}},

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from training import bf16_support
 from training.args import parse_args
 from training.cpu_threads import physical_cores
 from training.tracking import logged_scalars
@@ -111,6 +112,33 @@ def test_label_embedding_norm_sets_the_trained_models_starting_norm_and_is_saved
     weights = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
     # one step at a learning rate of 1e-9 leaves the columns where they started
     assert weights["label_projection.weight"].float().norm(dim=0) == pytest.approx([5.0] * 24, rel=1e-3)
+
+
+def _one_bf16_step(data_dir: Path, output_dir: Path) -> tuple[dict, dict]:
+    train_in_process("--train_data_dir", str(data_dir), "--output_dir", str(output_dir),
+                     "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "8",
+                     "--max_train_steps", "1", "--validation_steps", "100", "--validation_inference_steps", "1",
+                     "--report_to", "tensorboard", "--mixed_precision", "bf16")
+    info = json.loads((output_dir / "run_info.json").read_text())
+    return info, json.loads((output_dir / "training_args.json").read_text())
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_trains_in_float32_and_says_so(
+    tiny_iclevr_dir, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(bf16_support, "cpu_has_native_bf16", lambda: False)
+    info, training_args = _one_bf16_step(tiny_iclevr_dir, tmp_path)
+
+    assert info["mixed_precision"] == training_args["mixed_precision"] == "no"
+    assert "--mixed_precision bf16: this CPU has no native bfloat16" in caplog.text
+
+
+def test_bf16_on_a_cpu_with_native_bfloat16_trains_in_bf16(tiny_iclevr_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(bf16_support, "cpu_has_native_bf16", lambda: True)
+    info, training_args = _one_bf16_step(tiny_iclevr_dir, tmp_path)
+
+    assert info["mixed_precision"] == training_args["mixed_precision"] == "bf16"
+    assert "native bfloat16" not in caplog.text
 
 
 def test_a_non_positive_label_embedding_norm_is_refused(capsys):

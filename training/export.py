@@ -61,8 +61,8 @@ REPO_ROOT = CODE_DIR.parent
 # The demo app and what it imports from this checkout (the rest are installed packages; the pipeline code it runs is
 # the folder's own), at the same paths, so `python scripts/demo.py` inside the folder serves the folder's model.
 DEMO_APP = "scripts/demo.py"
-DEMO_FILES = (DEMO_APP, "training/__init__.py", "training/cli.py", "training/errors.py", "training/inference.py",
-              "training/samplers.py")
+DEMO_FILES = (DEMO_APP, "training/__init__.py", "training/bf16_support.py", "training/cli.py", "training/errors.py",
+              "training/inference.py", "training/samplers.py")
 # What a Space installs besides gradio (the front-matter's sdk_version): the packages the demo and the pipeline code
 # import, pinned as this checkout's requirements.txt pins them.
 SPACE_REQUIREMENTS = "requirements.txt"

@@ -2,18 +2,21 @@
 scripts/generate.py, scripts/evaluate.py and scripts/demo.py.
 
 The demo also runs from an exported folder or a Space (training/export.py ships this file with it), where this
-repo's `pipeline` package is not importable, so this module imports only installed packages and training/errors.py.
+repo's `pipeline` package is not importable, so this module imports only installed packages, training/errors.py and
+training/bf16_support.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
 
+from training.bf16_support import bf16_fallback_warning
 from training.errors import UserError
 
 # The precisions a pipeline's UNet can sample in (`--dtype`); latents and scheduler arithmetic stay float32.
@@ -27,7 +30,8 @@ class DeviceError(UserError, ValueError):
 def add_device_arguments(parser: argparse.ArgumentParser, *, dtype_help: str = "The UNet's precision.") -> None:
     """`--device` (see `resolve_device`) and `--dtype` (a key of DTYPES, default fp32)."""
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help=dtype_help)
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help=f"{dtype_help} bf16 on a CPU without native bfloat16 samples in fp32, with a warning.")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -42,6 +46,14 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise DeviceError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """`--dtype` as given, except bf16 on a CPU without native bfloat16 kernels: fp32 there, with a warning."""
+    if name == "bf16" and (warning := bf16_fallback_warning(device, "--dtype", "fp32")):
+        print(f"WARNING: {warning}", file=sys.stderr)
+        return "fp32"
+    return name
 
 
 def call_defaults(pipeline: DiffusionPipeline) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 thread count is training/cpu_threads.py's concern).
 
 Mixed precision (`--mixed_precision bf16|fp16`) is Accelerate's autocast (and, for fp16, its GradScaler), and
-`--torch_compile` is Accelerate's dynamo backend: this module only holds what Accelerate does not set up.
+`--torch_compile` is Accelerate's dynamo backend: this module only holds what Accelerate does not set up, and the
+one case where the asked precision would cost instead of save: bf16 on a CPU without native bfloat16 kernels.
 `benchmarks/bench_training.py` measures each of them on the machine at hand.
 """
 
@@ -11,6 +12,27 @@ from __future__ import annotations
 import argparse
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_choice_from_env, parse_flag_from_env
+
+from training.bf16_support import bf16_fallback_warning
+
+
+def launch_device() -> torch.device:
+    """The device this launch's Accelerator will train on, known before it exists: the process state created as
+    AcceleratorState creates it (ACCELERATE_USE_CPU, exported by `accelerate launch --cpu`, forces the CPU)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+
+
+def training_mixed_precision(requested: str | None, device: torch.device) -> tuple[str, str | None]:
+    """The mixed precision a training launch uses, and a warning when it is not the one asked for:
+    `--mixed_precision`, else the launch's (accelerate launch exports its config as ACCELERATE_MIXED_PRECISION, which
+    Accelerator reads the same way); bf16 becomes "no" on a CPU where it would be slower (`bf16_fallback_warning`).
+    """
+    if requested is None:
+        requested = parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no")
+    warning = bf16_fallback_warning(device, "--mixed_precision", "no") if requested == "bf16" else None
+    return ("no" if warning else requested), warning
 
 
 def enable_tf32(device: torch.device) -> bool:

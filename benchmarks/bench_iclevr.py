@@ -39,7 +39,9 @@ from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.checkpointing import list_checkpoints
 from training.cli import positive_float_or_none, positive_int
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
+from training.inference import resolve_device, resolve_dtype
 from training.model_presets import PRESETS, load_model_config
+from training.precision import training_mixed_precision
 from training.samplers import DEFAULT_SAMPLER, SamplerError, parse_sampler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -459,6 +461,12 @@ def main(argv: list[str] | None = None) -> None:
         args.model_config_name_or_path = str(Path(args.model_config_name_or_path).resolve())
     if args.cache_dir:
         args.cache_dir = str(Path(args.cache_dir).resolve())
+    # bf16 on a CPU without native bfloat16 runs as fp32 in the stages (it would be 19-28x slower): record that.
+    device = resolve_device(None)
+    args.mixed_precision, warning = training_mixed_precision(args.mixed_precision, device)
+    if warning:
+        print(f"WARNING: {warning}")
+    args.eval_dtype = resolve_dtype(args.eval_dtype, device)
     command = shlex.join(["python", "benchmarks/bench_iclevr.py", *(sys.argv[1:] if argv is None else argv)])
     bench = Bench(args)
     bench.say("start", f"work dir {bench.work_dir}, data cache {args.cache_dir or default_cache_dir()}")

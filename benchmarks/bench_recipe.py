@@ -134,8 +134,11 @@ def calibrate(name: str, args: argparse.Namespace) -> float:
     from training.cpu_threads import CpuThreads
     from training.model_presets import create_model
     from training.objective import diffusion_loss, timestep_weights
+    from training.precision import training_mixed_precision
 
     flags = variant_flags(name, args)
+    # as the variant's training will run: bf16 becomes fp32 on a CPU without native bfloat16
+    bf16 = training_mixed_precision(flags["mixed_precision"], torch.device("cpu"))[0] == "bf16"
     policy = CpuThreads()
     model = create_model(model_config(name, args), sample_size=flags["resolution"])
     scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=flags["prediction_type"])
@@ -148,7 +151,7 @@ def calibrate(name: str, args: argparse.Namespace) -> float:
                                      multiplier=flags.get("timestep_bias_multiplier", 1.0))
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=flags["mixed_precision"] == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = diffusion_loss(model, scheduler, images, labels, label_dropout=0.1, generator=generator,
                                   snr_gamma=flags["snr_gamma"], timestep_probabilities=probabilities)
         loss.backward()

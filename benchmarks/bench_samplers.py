@@ -37,6 +37,7 @@ from training.evaluation import (
     resolve_condition_files,
 )
 from training.evaluator import load_evaluator
+from training.inference import resolve_dtype
 from training.pipeline_loading import load_pipeline
 from training.samplers import SamplerError, parse_sampler, set_sampler
 
@@ -103,6 +104,7 @@ def result_path(work_dir: Path, spec: str, steps: int, guidance: float) -> Path:
 def run(args: argparse.Namespace) -> list[dict]:
     files = resolve_condition_files(condition_files(args))
     device = torch.device(args.device)
+    args.dtype = resolve_dtype(args.dtype, device)  # the table names the precision that sampled
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
     pipeline = load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype])
     condition_sets = load_condition_sets(files, pipeline.vocabulary)

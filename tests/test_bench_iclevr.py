@@ -11,7 +11,10 @@ import pytest
 
 from conftest import REPO_ROOT
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from training.bf16_support import cpu_has_native_bf16
 
+# The default --eval_dtype bf16 as it samples here: fp32 on a CPU without native bfloat16.
+EVAL_DTYPE = "bf16" if cpu_has_native_bf16() else "fp32"
 TINY_BUDGET = [
     "--num_scenes", "12", "--evaluator_epochs", "1", "--evaluator_scenes", "24", "--evaluator_validation_scenes", "8",
     "--model_config_name_or_path", "tiny", "--train_batch_size", "4", "--max_train_steps", "2",
@@ -44,13 +47,13 @@ def test_benchmark_writes_one_row_per_sampler_and_guidance_with_the_budget(bench
         ("ddim", 2, 1.0), ("ddim", 2, DEFAULT_GUIDANCE_SCALE),
     ]  # fmt: skip
     for row in results["rows"]:
-        assert row["dtype"] == "bf16" and row["num_images"] > 0
+        assert row["dtype"] == EVAL_DTYPE and row["num_images"] > 0
         for mean, std in row["accuracy"].values():
             assert 0.0 <= mean <= 1.0 and std >= 0.0
     assert results["budget"]["max_train_steps"] == 2 and results["budget"]["model_config_name_or_path"] == "tiny"
     table = (bench_dir / "results.md").read_text()
     assert "| ddim | 2 | 1 |" in table and f"| ddim | 2 | {DEFAULT_GUIDANCE_SCALE:g} |" in table
-    assert "2 steps x batch 4" in table and "UNet in bf16" in table
+    assert "2 steps x batch 4" in table and f"UNet in {EVAL_DTYPE}" in table
     assert "python benchmarks/bench_iclevr.py --work_dir" in table  # the exact command
 
 
@@ -70,10 +73,10 @@ def test_a_second_run_reuses_the_evaluator_the_model_and_every_report(bench_dir)
 
 
 def test_reports_made_with_another_unet_precision_are_refused(bench_dir):
-    result = run_bench(bench_dir, "--eval_dtype", "fp32")
+    result = run_bench(bench_dir, "--eval_dtype", "fp32" if EVAL_DTYPE == "bf16" else "fp16")
     assert result.returncode != 0
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: ") and "--eval_dtype bf16" in error and "delete" in error
+    assert error.startswith("error: ") and f"--eval_dtype {EVAL_DTYPE}" in error and "delete" in error
 
 
 def test_a_changed_training_budget_is_refused_instead_of_reusing_the_model(bench_dir):

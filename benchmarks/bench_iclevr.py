@@ -421,8 +421,7 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
         "",
         f"- Command: `{command}`",
         f"- Machine: {hardware}",
-        f"- Diffusion model: preset `{args.model_config_name_or_path}`"
-        f"{label_norm}, "
+        f"- Diffusion model: preset `{args.model_config_name_or_path}`{label_norm}, "
         f"{args.resolution}x{args.resolution}, "
         f"{args.max_train_steps} steps x batch {args.train_batch_size} (lr {args.learning_rate:g}, warm-up "
         f"{args.lr_warmup_steps}, {args.mixed_precision}{', EMA' if args.use_ema else ''}) on {3 * args.num_scenes} "

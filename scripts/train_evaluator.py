@@ -42,7 +42,6 @@ from training.cli import (
     positive_float,
     positive_int,
 )
-from training.bf16_support import bf16_fallback_warning
 from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError, builtin_synthetic_dir, load_training_set, vocabulary_for
 from training.errors import one_line_errors
@@ -52,6 +51,7 @@ from training.evaluator import (
     evaluation_metrics,
     save_evaluator,
 )
+from training.precision import training_mixed_precision
 from training.synthetic_iclevr import MAX_OBJECTS_PER_SCENE
 
 TARGET_ACCURACY = 0.995
@@ -271,9 +271,9 @@ def train_evaluator(args: argparse.Namespace) -> dict:
         )
     check_writable(args.output_path.parent, "--output_path")  # before training, not after
     device = check_device(args.device)
-    if args.mixed_precision == "bf16" and (warning := bf16_fallback_warning(device, "--mixed_precision", "no")):
+    args.mixed_precision, warning = training_mixed_precision(args.mixed_precision, device)
+    if warning:
         print(f"WARNING: {warning}")
-        args.mixed_precision = "no"
     cpu_threads = CpuThreads(args.cpu_threads, device=device)
     torch.manual_seed(args.seed)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training import bf16_support
-from training.bf16_support import bf16_fallback_warning
+from training.bf16_support import bf16_or_float32
 from training.inference import resolve_dtype
 from training.precision import training_mixed_precision
 
@@ -55,7 +55,7 @@ def test_other_sampling_precisions_are_never_changed(no_native_bf16, requested):
 
 
 def test_bf16_on_a_gpu_is_never_changed(no_native_bf16):
-    assert bf16_fallback_warning(CUDA, "--mixed_precision", "no") is None
+    assert bf16_or_float32("bf16", CUDA, "--mixed_precision", "no") == ("bf16", None)
     assert training_mixed_precision("bf16", CUDA) == ("bf16", None)
 
 

@@ -24,13 +24,12 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def bf16_fallback_warning(device: torch.device, flag: str, float32_value: str) -> str | None:
-    """None where bf16 is worth asking for on `device`; on a CPU without native bfloat16 kernels, where it would be
-    many times slower than float32 instead of faster, the one-line warning to show when falling back to float32
-    (`flag float32_value` is how to ask for float32 explicitly).
+def bf16_or_float32(requested: str, device: torch.device, flag: str, float32_value: str) -> tuple[str, str | None]:
+    """`requested` (a `flag` value) and None; but bf16 on a CPU without native bfloat16 kernels, where it would be
+    many times slower than float32 instead of faster, becomes `float32_value` with the one-line warning to show.
     """
-    if device.type != "cpu" or cpu_has_native_bf16():
-        return None
-    return (f"{flag} bf16: this CPU has no native bfloat16 kernels (oneDNN needs AVX512-BF16, AMX or AVX512, or Arm "
-            f"BF16), so bf16 would run {EMULATED_BF16_SLOWDOWN} slower than float32; using float32 "
-            f"(pass {flag} {float32_value} to say so)")
+    if requested != "bf16" or device.type != "cpu" or cpu_has_native_bf16():
+        return requested, None
+    return float32_value, (f"{flag} bf16: this CPU has no native bfloat16 kernels (oneDNN needs AVX512-BF16, AMX or "
+                           f"AVX512, or Arm BF16), so bf16 would run {EMULATED_BF16_SLOWDOWN} slower than float32; "
+                           f"using float32 (pass {flag} {float32_value} to say so)")

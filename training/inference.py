@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from training.bf16_support import bf16_fallback_warning
+from training.bf16_support import bf16_or_float32
 from training.errors import UserError
 
 # The precisions a pipeline's UNet can sample in (`--dtype`); latents and scheduler arithmetic stay float32.
@@ -50,9 +50,9 @@ def resolve_device(name: str | None) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> str:
     """`--dtype` as given, except bf16 on a CPU without native bfloat16 kernels: fp32 there, with a warning."""
-    if name == "bf16" and (warning := bf16_fallback_warning(device, "--dtype", "fp32")):
+    name, warning = bf16_or_float32(name, device, "--dtype", "fp32")
+    if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
-        return "fp32"
     return name
 
 

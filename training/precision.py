@@ -15,7 +15,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import parse_choice_from_env, parse_flag_from_env
 
-from training.bf16_support import bf16_fallback_warning
+from training.bf16_support import bf16_or_float32
 
 
 def launch_device() -> torch.device:
@@ -27,12 +27,11 @@ def launch_device() -> torch.device:
 def training_mixed_precision(requested: str | None, device: torch.device) -> tuple[str, str | None]:
     """The mixed precision a training launch uses, and a warning when it is not the one asked for:
     `--mixed_precision`, else the launch's (accelerate launch exports its config as ACCELERATE_MIXED_PRECISION, which
-    Accelerator reads the same way); bf16 becomes "no" on a CPU where it would be slower (`bf16_fallback_warning`).
+    Accelerator reads the same way); bf16 becomes "no" on a CPU where it would be slower (`bf16_or_float32`).
     """
     if requested is None:
         requested = parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no")
-    warning = bf16_fallback_warning(device, "--mixed_precision", "no") if requested == "bf16" else None
-    return ("no" if warning else requested), warning
+    return bf16_or_float32(requested, device, "--mixed_precision", "no")
 
 
 def enable_tf32(device: torch.device) -> bool:

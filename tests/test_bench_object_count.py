@@ -21,7 +21,27 @@ def test_bench_object_count_scores_every_single_label_per_seed(tiny_pipeline_dir
     # Lone rendered objects are always counted once; the table says so beside the pipeline's figures.
     assert record["counter_reliability"]["32"]["1"] == 1.0
     table = capsys.readouterr().out
-    assert f"| {tiny_pipeline_dir} | 48 |" in table and "| 100% / " in table
+    assert f"| {tiny_pipeline_dir} | 4 | 48 |" in table and "| 100% / " in table  # the pipeline's default guidance
+
+
+def test_guidance_scale_reaches_the_pipeline_and_the_record(tiny_pipeline_dir, tmp_path, monkeypatch):
+    from pipeline.pipeline_iclevr import ICLEVRPipeline
+
+    weights = []
+    call = ICLEVRPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        weights.append(kwargs["guidance_scale"])
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(ICLEVRPipeline, "__call__", spy)
+    output = tmp_path / "counts.json"
+    import_script("bench_object_count", "benchmarks").main(
+        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "--guidance_scale", "2.5",
+         "--calibration_scenes", "2", "--output_json", str(output)]  # fmt: skip
+    )
+    assert weights == [2.5]
+    assert json.loads(output.read_text())["rows"][0]["guidance_scale"] == 2.5
 
 
 def test_a_missing_pipeline_stops_before_any_sampling_with_one_line(tiny_pipeline_dir, tmp_path):

@@ -8,7 +8,7 @@ Every stage runs the repo's own scripts as subprocesses, so the numbers are what
                 ($ICLEVR_CACHE or ~/.cache/iclevr-diffusion, or --cache_dir), the one train_conditional.py uses
   2. evaluator  scripts/train_evaluator.py -> WORK/evaluator/checkpoint.pth (+ checkpoint_metrics.json)
   3. model      accelerate launch train_conditional.py ... -> WORK/model (resumed from its latest checkpoint)
-  4. evaluate   scripts/evaluate.py per sampler x guidance -> WORK/eval/<sampler>-<steps>-g<guidance>/report.json
+  4. evaluate   scripts/evaluate.py per sampler x guidance weight -> WORK/eval/<sampler>-<steps>-g<guidance>/report.json
   5. table      WORK/results.md and WORK/results.json
 
 The condition files are ../shared/iclevr/{test,new_test}.json beside the repo (the real label lists; the renderer's
@@ -75,6 +75,17 @@ def sampler_and_steps(text: str) -> tuple[str, int]:
     return name, int(steps)
 
 
+def guidance_weight(text: str) -> float:
+    """The --guidance_scales flag type: a number >= 1 (1 = no guidance; below 1 the pipeline would not guide either)."""
+    try:
+        weight = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; guidance weights are >= 1, like 1 or 4") from None
+    if not weight >= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: guidance weights are >= 1 (1 = no guidance), like 1 or 4")
+    return weight
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", type=Path, required=True, help="Where every stage writes (and is cached).")
@@ -113,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--samplers", type=sampler_and_steps, nargs="+",
                           default=[sampler_and_steps(s) for s in DEFAULT_SAMPLERS],
                           metavar="SAMPLER:STEPS", help=f"Default: {' '.join(DEFAULT_SAMPLERS)}.")
-    sampling.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
-                          help="Each sampler runs without guidance (1.0) and with this scale.")
+    sampling.add_argument("--guidance_scales", type=guidance_weight, nargs="+", default=[1.0, DEFAULT_GUIDANCE_SCALE],
+                          metavar="W", help="Each sampler runs at each of these classifier-free guidance weights "
+                          f"(1 = none). Default: 1 {DEFAULT_GUIDANCE_SCALE:g} (none, and the pipeline's default).")
     sampling.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     sampling.add_argument("--eval_dtype", choices=("fp32", "bf16", "fp16"), default="bf16",
                           help="The UNet's precision while sampling (evaluate.py --dtype); bf16 samples faster on CPU.")
@@ -332,7 +344,7 @@ def condition_files(bench: Bench, render_dir: Path) -> tuple[list[Path], str]:
 
 
 def evaluation_configs(args: argparse.Namespace) -> list[tuple[str, int, float]]:
-    guidances = [1.0] + ([args.guidance_scale] if args.guidance_scale != 1.0 else [])
+    guidances = list(dict.fromkeys(args.guidance_scales))  # a weight given twice is one row
     return [(name, steps, guidance) for name, steps in args.samplers for guidance in guidances]
 
 

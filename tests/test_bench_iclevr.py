@@ -72,6 +72,23 @@ def test_a_second_run_reuses_the_evaluator_the_model_and_every_report(bench_dir)
     assert result.stdout.count(": cached") == 2  # both evaluation rows
 
 
+def test_guidance_scales_choose_the_rows_and_reuse_their_reports(bench_dir):
+    result = run_bench(bench_dir, "--guidance_scales", f"{DEFAULT_GUIDANCE_SCALE:g}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(": cached") == 1
+    rows = json.loads((bench_dir / "results.json").read_text())["rows"]
+    assert [(row["sampler"], row["steps"], row["guidance_scale"]) for row in rows] == [
+        ("ddim", 2, DEFAULT_GUIDANCE_SCALE)
+    ]
+
+
+def test_a_guidance_weight_below_one_is_refused_before_any_stage_runs(tmp_path):
+    result = run_bench(tmp_path / "work", "--guidance_scales", "1", "0.5")
+    assert result.returncode == 2
+    assert "'0.5': guidance weights are >= 1" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "work").exists()
+
+
 def test_reports_made_with_another_unet_precision_are_refused(bench_dir):
     result = run_bench(bench_dir, "--eval_dtype", "fp32" if EVAL_DTYPE == "bf16" else "fp16")
     assert result.returncode != 0

@@ -39,6 +39,7 @@ from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.checkpointing import list_checkpoints
 from training.cli import positive_float_or_none, positive_int
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
+from training.evaluator import EVALUATOR_EPOCHS, EVALUATOR_SYNTHETIC_SCENES, EVALUATOR_VALIDATION_SCENES
 from training.inference import resolve_device, resolve_dtype
 from training.model_presets import PRESETS, load_model_config
 from training.precision import training_mixed_precision
@@ -99,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_scenes", type=positive_int, default=DEFAULT_SYNTHETIC_SCENES,
                       help="Scenes of the diffusion model's synthetic training set (3 images each; seed 0).")
 
-    evaluator = parser.add_argument_group("evaluator (scripts/train_evaluator.py)")
-    evaluator.add_argument("--evaluator_epochs", type=positive_int, default=15)
-    evaluator.add_argument("--evaluator_scenes", type=positive_int, default=6003,
+    evaluator = parser.add_argument_group("evaluator (scripts/train_evaluator.py; defaults: that script's)")
+    evaluator.add_argument("--evaluator_epochs", type=positive_int, default=EVALUATOR_EPOCHS)
+    evaluator.add_argument("--evaluator_scenes", type=positive_int, default=EVALUATOR_SYNTHETIC_SCENES,
                            help="Its synthetic training scenes (seeds the diffusion model never sees).")
-    evaluator.add_argument("--evaluator_validation_scenes", type=positive_int, default=600)
+    evaluator.add_argument("--evaluator_validation_scenes", type=positive_int, default=EVALUATOR_VALIDATION_SCENES)
 
     model = parser.add_argument_group("diffusion model budget (train_conditional.py; defaults: the CPU quick-start)")
     model.add_argument("--model_config_name_or_path", default="cpu")

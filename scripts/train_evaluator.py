@@ -46,7 +46,10 @@ from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import DataError, builtin_synthetic_dir, load_training_set, vocabulary_for
 from training.errors import one_line_errors
 from training.evaluator import (
+    EVALUATOR_EPOCHS,
     EVALUATOR_RESOLUTION,
+    EVALUATOR_SYNTHETIC_SCENES,
+    EVALUATOR_VALIDATION_SCENES,
     build_evaluator,
     evaluation_metrics,
     save_evaluator,
@@ -78,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "training, else a split of the training scenes).")
     data.add_argument("--validation_fraction", type=fraction, default=0.1,
                       help="Share of scenes held out when training on your own data without --validation_data_dir.")
-    data.add_argument("--synthetic_scenes", type=positive_int, default=4000,
+    data.add_argument("--synthetic_scenes", type=positive_int, default=EVALUATOR_SYNTHETIC_SCENES,
                       help="Synthetic training scenes (one image per object), shared out over the rendered seeds.")
     data.add_argument("--synthetic_objects_per_scene", type=int, choices=range(1, MAX_OBJECTS_PER_SCENE + 1),
                       default=MAX_OBJECTS_PER_SCENE, metavar=f"1..{MAX_OBJECTS_PER_SCENE}",
                       help="Objects in a full synthetic scene; its images show 1 to that many (the course's: 5).")
     data.add_argument("--synthetic_seed", type=non_negative_int, default=1234,
                       help="Seed of the synthetic training render (the diffusion model's data is seed 0).")
-    data.add_argument("--validation_scenes", type=positive_int, default=600,
+    data.add_argument("--validation_scenes", type=positive_int, default=EVALUATOR_VALIDATION_SCENES,
                       help="Synthetic validation scenes (one image per object).")
     data.add_argument("--validation_seed", type=non_negative_int, default=4321,
                       help="Seed of the synthetic validation render.")
@@ -93,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Where renders and resized images are cached (default: $ICLEVR_CACHE or ~/.cache).")
 
     optim = parser.add_argument_group("training")
-    optim.add_argument("--epochs", type=positive_int, default=8)
+    optim.add_argument("--epochs", type=positive_int, default=EVALUATOR_EPOCHS)
     optim.add_argument("--low_resolution_fraction", type=float, default=0.5,
                        help=f"Share of training images shown as {LOW_RESOLUTION}x{LOW_RESOLUTION} renders upsampled "
                             "to 64x64 (the course evaluator's input); the rest at native 64x64.")

@@ -81,7 +81,7 @@ class ConditionalUNet2DModel(ModelMixin, ConfigMixin):
             # nn.Linear's default (None) gives each label's embedding a norm of ~1.3 at width 128, while the
             # timestep embedding grows to 4-10 in training and Adam barely grows the projection: the labels stay a
             # faint signal for thousands of steps. A larger starting norm steers from the first step (README:
-            # Object counts; not the default: after an hour of training it scores ~4 points less than None).
+            # Object counts; not the default: after an hour of training it scores 4-5 points less than None).
             nn.init.normal_(self.label_projection.weight)
             with torch.no_grad():
                 weight = self.label_projection.weight

@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> None:
     # --- model, noise schedule, EMA, optimiser
     model = create_model(
         args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary),
-        label_embedding_norm=args.label_embedding_norm,
+        label_embedding_norm=args.label_embedding_norm, zero_init_residual=args.zero_init_residual,
     )
     model = apply_memory_format(model, args.channels_last)
     signature = checkpoint_signature(args, model)  # recorded in every checkpoint; a resume must match it

@@ -121,6 +121,51 @@ def test_a_non_positive_label_embedding_norm_is_a_one_line_error(tmp_path):
         create_model(str(path), sample_size=32)
 
 
+def _residual_branch_ends(model: ConditionalUNet2DModel) -> list[torch.nn.Module]:
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    ends = [m.conv2 for m in model.modules() if isinstance(m, ResnetBlock2D)]
+    ends += [m.to_out[0] for m in model.modules() if isinstance(m, Attention)]
+    return ends + [model.unet.conv_out]
+
+
+def test_zero_init_residual_starts_every_residual_branch_and_the_output_at_zero():
+    torch.manual_seed(0)
+    model = create_model("tiny", sample_size=SIZE, zero_init_residual=True)
+    ends = _residual_branch_ends(model)
+
+    assert len(ends) == 13  # tiny: 8 ResNet blocks, 4 attention layers, the output convolution
+    assert all(not end.weight.any() and not end.bias.any() for end in ends)
+    assert model.config.zero_init_residual is True
+    sample, timestep = _inputs()
+    assert not model(sample, timestep, _labels([0], [1, 2])).sample.any()
+
+
+def test_a_zero_initialised_model_learns_and_its_labels_change_the_output():
+    torch.manual_seed(0)
+    model = create_model("tiny", sample_size=SIZE, zero_init_residual=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sample, timestep = _inputs()
+    for _ in range(3):  # the output convolution first, then the branches behind it
+        loss = (model(sample, timestep, _labels([0], [1, 2])).sample - sample).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    assert all(end.weight.any() for end in _residual_branch_ends(model))
+    with torch.no_grad():
+        one, other = (model(sample[:1], timestep[:1], _labels(labels)).sample for labels in ([0], [5]))
+    assert not torch.equal(one, other)
+
+
+def test_by_default_the_residual_branches_keep_diffusers_initialisation():
+    torch.manual_seed(0)
+    model = create_model("tiny", sample_size=SIZE)
+    assert model.config.zero_init_residual is False
+    assert all(end.weight.any() for end in _residual_branch_ends(model))
+
+
 def test_bf16_weights_accept_float32_labels(model, tmp_path):
     model.save_pretrained(tmp_path)
     bf16_model = ConditionalUNet2DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)

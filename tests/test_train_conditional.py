@@ -114,6 +114,19 @@ def test_label_embedding_norm_sets_the_trained_models_starting_norm_and_is_saved
     assert weights["label_projection.weight"].float().norm(dim=0) == pytest.approx([5.0] * 24, rel=1e-3)
 
 
+def test_zero_init_residual_reaches_the_trained_models_config(tiny_iclevr_dir, tmp_path):
+    train_in_process("--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path),
+                     "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "8",
+                     "--max_train_steps", "1", "--learning_rate", "1e-9", "--validation_steps", "100",
+                     "--validation_inference_steps", "1", "--report_to", "tensorboard", "--zero_init_residual")
+
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    assert config["zero_init_residual"] is True
+    weights = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    # one step at a learning rate of 1e-9 leaves the output convolution next to zero
+    assert weights["unet.conv_out.weight"].float().abs().max() < 1e-6
+
+
 def _one_bf16_step(data_dir: Path, output_dir: Path) -> tuple[dict, dict]:
     train_in_process("--train_data_dir", str(data_dir), "--output_dir", str(output_dir),
                      "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "8",

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--label_embedding_norm", type=positive_float, default=None,
                        help="Start each label's embedding (a column of the linear label projection) at this norm "
                             "instead of the model config's (the presets keep nn.Linear's, ~1.3 at the cpu preset).")
+    model.add_argument("--zero_init_residual", action="store_true",
+                       help="Start every ResNet block's last convolution, every attention output and the output "
+                            "convolution at zero, as ADM does (or set the model config's zero_init_residual).")
     model.add_argument("--label_dropout", type=probability, default=0.1,
                        help="Probability of training on the all-zero (unconditional) label vector, for guidance.")
     model.add_argument("--num_train_timesteps", type=positive_int, default=1000)

@@ -106,6 +106,7 @@ it (the front-matter above names the app). It imports `training/` of this reposi
 KEY_SETTINGS = (
     ("model_config_name_or_path", "model"),
     ("label_embedding_norm", "label embeddings' starting norm"),
+    ("zero_init_residual", "residual branches start at zero"),
     ("resolution", "resolution"),
     ("train_batch_size", "batch size per device"),
     ("learning_rate", "learning rate"),

@@ -121,14 +121,21 @@ def load_model_config(name_or_path: str, *, sample_size: int) -> dict[str, Any]:
 
 
 def create_model(
-    name_or_path: str, *, sample_size: int, num_labels: int = 24, label_embedding_norm: float | None = None
+    name_or_path: str,
+    *,
+    sample_size: int,
+    num_labels: int = 24,
+    label_embedding_norm: float | None = None,
+    zero_init_residual: bool = False,
 ) -> ConditionalUNet2DModel:
     """A freshly initialised ConditionalUNet2DModel from a preset name or a config JSON; a `label_embedding_norm`
-    replaces the config's."""
+    replaces the config's, and `zero_init_residual=True` turns the config's option on."""
     config = load_model_config(name_or_path, sample_size=sample_size)
     config["num_labels"] = num_labels
     if label_embedding_norm is not None:
         config["label_embedding_norm"] = label_embedding_norm
+    if zero_init_residual:
+        config["zero_init_residual"] = True
     try:
         return ConditionalUNet2DModel(**config)
     except (TypeError, ValueError, KeyError) as error:  # values of the right names but the wrong kind

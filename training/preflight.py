@@ -34,7 +34,8 @@ def check_before_training(args: argparse.Namespace, accelerator: Accelerator) ->
     vocabulary = vocabulary_for(args.train_data_dir)  # objects.json, if the folder has one
     with torch.device("meta"):  # the architecture and its size, without allocating the weights
         model = create_model(args.model_config_name_or_path, sample_size=args.resolution, num_labels=len(vocabulary),
-                             label_embedding_norm=args.label_embedding_norm)
+                             label_embedding_norm=args.label_embedding_norm,
+                             zero_init_residual=args.zero_init_residual)
     check_output_dir(Path(args.output_dir), _bytes_to_save(model, args.use_ema))
     if args.train_data_dir is not None:
         load_train_dataset(train_data_dir=args.train_data_dir)  # train.json, labels, every image present

@@ -53,8 +53,9 @@ TIMINGS_FILE = "timings.json"
 LOG_TAIL_LINES = 15
 ERROR_LINE = re.compile(r"^(error: |[\w.]*(Error|Exception): )")
 # The diffusion-model flags a cached model must have been trained with (names as in train_conditional.py).
-MODEL_FLAGS = ("model_config_name_or_path", "label_embedding_norm", "resolution", "train_batch_size", "max_train_steps",
-               "learning_rate", "lr_warmup_steps", "mixed_precision", "use_ema", "seed")
+MODEL_FLAGS = ("model_config_name_or_path", "label_embedding_norm", "zero_init_residual", "resolution",
+               "train_batch_size", "max_train_steps", "learning_rate", "lr_warmup_steps", "mixed_precision", "use_ema",
+               "seed")
 
 
 class StageError(RuntimeError):
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model_config_name_or_path", default="cpu")
     model.add_argument("--label_embedding_norm", type=positive_float_or_none, default=8.0,
                        help="As train_conditional.py's flag (8: the quick start's); 'none' keeps the model config's.")
+    model.add_argument("--zero_init_residual", action=argparse.BooleanOptionalAction, default=True,
+                       help="As train_conditional.py's flag (on: the quick start's); --no-zero_init_residual leaves "
+                            "diffusers' initialisation.")
     model.add_argument("--resolution", type=positive_int, default=32)
     model.add_argument("--train_batch_size", type=positive_int, default=32)
     model.add_argument("--max_train_steps", type=positive_int, default=2200)  # the README quick start's
@@ -290,6 +294,7 @@ def model_stage(bench: Bench, train_data_dir: Path) -> Path:
         flags = [
             "--model_config_name_or_path", args.model_config_name_or_path,
             *(["--label_embedding_norm", str(args.label_embedding_norm)] if args.label_embedding_norm else []),
+            *(["--zero_init_residual"] if args.zero_init_residual else []),
             "--resolution", str(args.resolution),
             "--train_batch_size", str(args.train_batch_size),
             "--max_train_steps", str(args.max_train_steps),
@@ -429,6 +434,7 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
              if model_time["runs"] > 1 else "")) if model_time else "wall time not recorded"
     norm = args.label_embedding_norm
     label_norm = f" with label embeddings starting at norm {norm:g}" if norm else ""
+    label_norm += ", residual branches starting at zero" if args.zero_init_residual else ""
     lines = [
         "## Synthetic i-CLEVR benchmark",
         "",

@@ -63,6 +63,12 @@ def test_the_model_starts_its_label_embeddings_at_the_quick_starts_norm(bench_di
     assert "label embeddings starting at norm 8" in (bench_dir / "results.md").read_text()
 
 
+def test_the_model_starts_its_residual_branches_at_zero_as_the_quick_start_does(bench_dir):
+    assert json.loads((bench_dir / "model" / "unet" / "config.json").read_text())["zero_init_residual"] is True
+    assert json.loads((bench_dir / "results.json").read_text())["budget"]["zero_init_residual"] is True
+    assert "residual branches starting at zero" in (bench_dir / "results.md").read_text()
+
+
 def test_a_second_run_reuses_the_evaluator_the_model_and_every_report(bench_dir):
     logs = sorted((bench_dir / "logs").glob("*.log"))
     before = {log.name: launches(log) for log in logs}

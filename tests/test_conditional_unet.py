@@ -159,6 +159,20 @@ def test_a_zero_initialised_model_learns_and_its_labels_change_the_output():
     assert not torch.equal(one, other)
 
 
+def test_a_zero_started_model_loads_with_its_trained_weights_not_zeros(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("tiny", sample_size=SIZE, zero_init_residual=True)
+    with torch.no_grad():
+        for end in _residual_branch_ends(model):  # stands in for training
+            end.weight.normal_()
+    model.save_pretrained(tmp_path)
+
+    loaded = ConditionalUNet2DModel.from_pretrained(tmp_path)
+
+    assert loaded.config.zero_init_residual is True
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
 def test_by_default_the_residual_branches_keep_diffusers_initialisation():
     torch.manual_seed(0)
     model = create_model("tiny", sample_size=SIZE)

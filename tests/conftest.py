@@ -23,9 +23,13 @@ os.environ["WANDB_SILENT"] = "true"
 
 
 def import_script(name: str, folder: str = "scripts") -> ModuleType:
-    """FOLDER/NAME.py (scripts/ or benchmarks/) as a module, so a test can call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", REPO_ROOT / folder / f"{name}.py")
+    """FOLDER/NAME.py (scripts/, benchmarks/ or "." for the repo root) as a module, so a test can call its
+    main(argv) in-process. Registered in sys.modules before it runs, as an import would be (dataclasses look their
+    module up there)."""
+    module_name = name if folder == "." else f"{folder}_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 

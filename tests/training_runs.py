@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, import_script
 from training.cpu_threads import descendants
 
 LAUNCH_TIMEOUT = 300  # seconds; a tiny run takes 10-30 s
@@ -60,10 +59,7 @@ def launch_training(
 @cache
 def train_conditional() -> ModuleType:
     """train_conditional.py as a module (its `run(argv)` is the command line)."""
-    spec = importlib.util.spec_from_file_location("train_conditional", REPO_ROOT / "train_conditional.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script("train_conditional", folder=".")
 
 
 def train_in_process(*args: str) -> None:

@@ -264,16 +264,8 @@ def check_device(name: str) -> torch.device:
 
 
 def train_evaluator(args: argparse.Namespace) -> dict:
-    if args.train_data_dir is not None and args.dataset_name is not None:
-        raise SystemExit("error: give --train_data_dir or --dataset_name, not both")
-    if args.output_path.is_dir():
-        raise SystemExit(f"error: --output_path {args.output_path} is a folder; give a file path like checkpoint.pth")
-    if not 0.0 <= args.low_resolution_fraction <= 1.0:
-        raise SystemExit(
-            f"error: --low_resolution_fraction must be between 0 and 1, got {args.low_resolution_fraction}"
-        )
-    check_writable(args.output_path.parent, "--output_path")  # before training, not after
-    device = check_device(args.device)
+    """Trains the evaluator, saves the checkpoint and `<name>_metrics.json`; returns that report."""
+    device = check_arguments(args)
     args.mixed_precision, warning = training_mixed_precision(args.mixed_precision, device)
     if warning:
         print(f"WARNING: {warning}")
@@ -287,6 +279,46 @@ def train_evaluator(args: argparse.Namespace) -> dict:
     print(f"Training on {len(train)} images ({source['train']}); validating on {len(validation)} "
           f"({source['validation']}); device {device}")
 
+    start = time.perf_counter()
+    model, metrics, low = fit(args, loader, validation_loader, vocabulary, device, cpu_threads)
+    save_evaluator(model, args.output_path)
+    report = {
+        **metrics,
+        "low_resolution": {"resolution": LOW_RESOLUTION, **low},
+        "low_resolution_fraction": args.low_resolution_fraction,
+        "target_accuracy": TARGET_ACCURACY,
+        "reached_target": min(metrics["accuracy"], low["accuracy"]) >= TARGET_ACCURACY,
+        "train_images": len(train),
+        "train_data": source["train"],
+        "validation_data": source["validation"],
+        "epochs": args.epochs,
+        "mixed_precision": args.mixed_precision,
+        **cpu_threads.describe(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_report(report, args.output_path)
+    return report
+
+
+def check_arguments(args: argparse.Namespace) -> torch.device:
+    """What the flags alone reveal, before any data is loaded; returns the device."""
+    if args.train_data_dir is not None and args.dataset_name is not None:
+        raise SystemExit("error: give --train_data_dir or --dataset_name, not both")
+    if args.output_path.is_dir():
+        raise SystemExit(f"error: --output_path {args.output_path} is a folder; give a file path like checkpoint.pth")
+    if not 0.0 <= args.low_resolution_fraction <= 1.0:
+        raise SystemExit(
+            f"error: --low_resolution_fraction must be between 0 and 1, got {args.low_resolution_fraction}"
+        )
+    check_writable(args.output_path.parent, "--output_path")  # before training, not after
+    return check_device(args.device)
+
+
+def fit(
+    args: argparse.Namespace, loader: DataLoader, validation_loader: DataLoader, vocabulary: LabelVocabulary,
+    device: torch.device, cpu_threads: CpuThreads,
+) -> tuple[torch.nn.Module, dict, dict]:
+    """The training loop; returns the model and the last epoch's held-out metrics at 64x64 and 32->64."""
     model = build_evaluator(len(vocabulary)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     total_steps = args.epochs * len(loader)
@@ -298,8 +330,8 @@ def train_evaluator(args: argparse.Namespace) -> dict:
         return contextlib.nullcontext()
 
     augment_generator = torch.Generator().manual_seed(args.seed + 1)
-    start = time.perf_counter()
     metrics: dict = {}
+    low: dict = {}
     progress = tqdm(total=total_steps, desc="training evaluator", unit="step")
     for epoch in range(1, args.epochs + 1):
         for batch in loader:
@@ -323,32 +355,20 @@ def train_evaluator(args: argparse.Namespace) -> dict:
                        f"{low['accuracy']:.4%} at 32x32 upsampled; exact match {metrics['exact_match']:.4%} / "
                        f"{low['exact_match']:.4%}")
     progress.close()
+    return model, metrics, low
 
-    save_evaluator(model, args.output_path)
-    reached = min(metrics["accuracy"], low["accuracy"]) >= TARGET_ACCURACY
-    report = {
-        **metrics,
-        "low_resolution": {"resolution": LOW_RESOLUTION, **low},
-        "low_resolution_fraction": args.low_resolution_fraction,
-        "target_accuracy": TARGET_ACCURACY,
-        "reached_target": reached,
-        "train_images": len(train),
-        "train_data": source["train"],
-        "validation_data": source["validation"],
-        "epochs": args.epochs,
-        "mixed_precision": args.mixed_precision,
-        **cpu_threads.describe(),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    metrics_path = args.output_path.with_name(f"{args.output_path.stem}_metrics.json")
+
+def write_report(report: dict, output_path: Path) -> None:
+    """`<name>_metrics.json` beside the checkpoint, and a loud warning when the evaluator misses the target."""
+    metrics_path = output_path.with_name(f"{output_path.stem}_metrics.json")
     metrics_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"Saved {args.output_path} and {metrics_path}: held-out top-k accuracy {metrics['accuracy']:.4%} at "
+    low = report["low_resolution"]
+    print(f"Saved {output_path} and {metrics_path}: held-out top-k accuracy {report['accuracy']:.4%} at "
           f"64x64, {low['accuracy']:.4%} at {LOW_RESOLUTION}x{LOW_RESOLUTION} upsampled")
-    if not reached:
-        print(f"WARNING: THE EVALUATOR IS NOT RELIABLE: held-out top-k accuracy {metrics['accuracy']:.4%} (64x64) / "
+    if not report["reached_target"]:
+        print(f"WARNING: THE EVALUATOR IS NOT RELIABLE: held-out top-k accuracy {report['accuracy']:.4%} (64x64) / "
               f"{low['accuracy']:.4%} (32x32) is below the {TARGET_ACCURACY:.1%} target; train longer (--epochs) "
               "or on more scenes (--synthetic_scenes)", file=sys.stderr)
-    return report
 
 
 if __name__ == "__main__":

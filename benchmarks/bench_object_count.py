@@ -1,15 +1,18 @@
-"""Does one label give one object? The share of single-label lists a pipeline draws as exactly one object.
+"""Does one label give one object, and does each of samples.png's lists get its number of objects?
 
     python benchmarks/bench_object_count.py --pipeline iclevr-ddpm [other pipelines ...] [--seeds 0 1 2 3 4 5 6 7]
         [--guidance_scale 4.0]
 
 Label accuracy (scripts/evaluate.py) cannot see duplicates: "blue sphere" drawn as three blue spheres scores 100 %.
-Here every one of the vocabulary's labels is asked for alone, once per seed, with the pipeline's saved sampler and
-default guidance (or --guidance_scale: guidance makes part of the duplicates), and training/object_count.py counts
-the objects drawn. The counter's own reliability is measured in the same run on built-in renders of held-out
-scenes at the pipeline's resolution (1, 2 and 3 objects): it is exact for single objects and undercounts crowded
-scenes (touching objects merge), so "drawn as 2+" is a lower bound on duplication.
-Prints a table; --output_json keeps it.
+Two tables, both with the pipeline's saved sampler and default guidance (or --guidance_scale: guidance makes part of
+the duplicates), each with its counter's reliability on built-in renders at the pipeline's resolution beside it:
+- every one of the vocabulary's labels asked for alone, once per seed, counted by training/object_count.py's blob
+  counter, which is exact for single objects and undercounts crowded scenes (touching objects merge), so "drawn as
+  2+" is a lower bound on duplication;
+- the eight label lists of the training script's samples.png (1, 2 and 3 objects), each with its own generator per
+  seed exactly as samples.png draws them (seed 0 gives the samples.png of a run trained with --seed 0), counted
+  by the colour-aware counter, which also tells touching objects of different colours apart (i-CLEVR's labels).
+Prints the tables; --output_json keeps them.
 """
 
 from __future__ import annotations
@@ -27,12 +30,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline import ICLEVRPipeline
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from pipeline.vocabulary import DEFAULT_LABELS
 from training.cli import positive_int
 from training.data import resize_image
 from training.errors import one_line_errors
-from training.object_count import count_objects
+from training.evaluation import image_generator
+from training.judge_ceiling import render_label_lists
+from training.object_count import count_objects, count_objects_by_colour
 from training.pipeline_loading import load_pipeline, pipeline_vocabulary
+from training.sampling import VALIDATION_LABELS
 from training.synthetic_iclevr import render_scene, sample_scenes
 
 CALIBRATION_SEED = 4321  # scenes no training render of seed 0 holds
@@ -49,18 +57,15 @@ def counter_reliability(resolution: int, num_scenes: int) -> dict[int, float]:
     return {k: hits[k] / totals[k] for k in sorted(totals)}
 
 
-def single_label_counts(pipeline_path: str, seeds: list[int], guidance_scale: float) -> dict[str, object]:
+def single_label_counts(pipe: ICLEVRPipeline, seeds: list[int], guidance_scale: float) -> dict[str, object]:
     """Objects counted per single-label list and seed, with the pipeline's saved sampler."""
-    pipe = load_pipeline(pipeline_path)
-    pipe.set_progress_bar_config(disable=True)
     labels = list(pipe.vocabulary.labels)
     counts = []
-    for seed in tqdm(seeds, desc=f"sampling {Path(pipeline_path).name}", leave=False):
+    for seed in tqdm(seeds, desc="single labels", leave=False):
         images = pipe([[label] for label in labels], guidance_scale=guidance_scale,
                       generator=torch.Generator().manual_seed(seed), output_type="np")
         counts.extend(count_objects(image) for image in images.images)
     return {
-        "pipeline": pipeline_path,
         "resolution": pipe.unet.config.sample_size,
         "guidance_scale": guidance_scale,
         "images": len(counts),
@@ -70,13 +75,72 @@ def single_label_counts(pipeline_path: str, seeds: list[int], guidance_scale: fl
     }
 
 
+def sample_list_counts(pipe: ICLEVRPipeline, seeds: list[int], guidance_scale: float) -> dict[str, object]:
+    """How often each of samples.png's lists is drawn with as many objects as it names, over the seeds."""
+    lists = [list(names) for names in VALIDATION_LABELS]
+    right = np.zeros(len(lists), dtype=int)
+    for seed in tqdm(seeds, desc="samples.png lists", leave=False):
+        images = pipe(lists, guidance_scale=guidance_scale, output_type="np",
+                      generator=[image_generator(seed, index) for index in range(len(lists))]).images
+        right += [count_objects_by_colour(image) == len(names) for image, names in zip(images, lists)]
+    return {
+        "lists": [", ".join(names) for names in lists],
+        "right_per_list": right.tolist(),
+        "images": len(seeds) * len(lists),
+        "right_count": int(right.sum()) / (len(seeds) * len(lists)),
+    }
+
+
+def list_counter_reliability(resolution: int, renders_per_list: int) -> float:
+    """Share of true renders of samples.png's lists (other placements each time) the colour-aware counter gets."""
+    lists = [list(names) for names in VALIDATION_LABELS]
+    images = render_label_lists(lists, resolution, renders_per_list, seed=CALIBRATION_SEED)
+    wanted = [len(names) for names in lists for _ in range(renders_per_list)]
+    counts = [count_objects_by_colour(image.permute(1, 2, 0).add(1).div(2).numpy()) for image in images]
+    return float(np.mean([count == k for count, k in zip(counts, wanted)]))
+
+
+def pipeline_counts(path: str, seeds: list[int], guidance_scale: float) -> dict[str, object]:
+    """Both measurements of one pipeline; the lists only for i-CLEVR's labels, whose colours the counter knows."""
+    pipe = load_pipeline(path)
+    pipe.set_progress_bar_config(disable=True)
+    row = {"pipeline": path, **single_label_counts(pipe, seeds, guidance_scale)}
+    if set(DEFAULT_LABELS) <= set(pipe.vocabulary.labels):
+        row["sample_lists"] = sample_list_counts(pipe, seeds, guidance_scale)
+    return row
+
+
+def print_single_label_table(rows: list[dict], reliability: dict[int, dict[int, float]]) -> None:
+    print("| pipeline | guidance | images | one label drawn as 1 object | as 2+ | mean objects "
+          "| counter exact on renders (1 / 2 / 3 objects) |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        exact = " / ".join(f"{share:.0%}" for share in reliability[row["resolution"]].values())
+        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['images']} | {row['drawn_as_one']:.1%} "
+              f"| {row['drawn_as_two_or_more']:.1%} | {row['mean_objects']:.2f} | {exact} |")
+
+
+def print_list_table(rows: list[dict], reliability: dict[int, float]) -> None:
+    print("\nsamples.png's lists: " + " · ".join(rows[0]["sample_lists"]["lists"]))
+    print("| pipeline | guidance | images | drawn with the right count | per list (of the seeds) "
+          "| counter right on true renders of the lists |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        lists = row["sample_lists"]
+        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {lists['images']} | {lists['right_count']:.1%} "
+              f"| {' '.join(map(str, lists['right_per_list']))} | {reliability[row['resolution']]:.1%} |")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", nargs="+", required=True, help="pipeline folders or Hub ids")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                         help="classifier-free guidance weight (the pipeline's default; <= 1 turns guidance off)")
-    parser.add_argument("--calibration_scenes", type=positive_int, default=300)
+    parser.add_argument("--calibration_scenes", type=positive_int, default=300,
+                        help="held-out scenes rendered to measure the blob counter")
+    parser.add_argument("--calibration_renders_per_list", type=positive_int, default=25,
+                        help="true renders of each samples.png list to measure the colour-aware counter")
     parser.add_argument("--output_json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -86,18 +150,18 @@ def main(argv: list[str] | None = None) -> None:
     with one_line_errors():
         for path in args.pipeline:  # every path checked (model_index.json alone) before minutes of sampling
             pipeline_vocabulary(path)
-        rows = [single_label_counts(path, args.seeds, args.guidance_scale) for path in args.pipeline]
+        rows = [pipeline_counts(path, args.seeds, args.guidance_scale) for path in args.pipeline]
     resolutions = sorted({row["resolution"] for row in rows})
     reliability = {res: counter_reliability(res, args.calibration_scenes) for res in resolutions}
-    print("| pipeline | guidance | images | one label drawn as 1 object | as 2+ | mean objects "
-          "| counter exact on renders (1 / 2 / 3 objects) |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        exact = " / ".join(f"{share:.0%}" for share in reliability[row["resolution"]].values())
-        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['images']} | {row['drawn_as_one']:.1%} "
-              f"| {row['drawn_as_two_or_more']:.1%} | {row['mean_objects']:.2f} | {exact} |")
+    print_single_label_table(rows, reliability)
+    list_rows = [row for row in rows if "sample_lists" in row]
+    list_reliability = {res: list_counter_reliability(res, args.calibration_renders_per_list)
+                        for res in sorted({row["resolution"] for row in list_rows})}  # fmt: skip
+    if list_rows:
+        print_list_table(list_rows, list_reliability)
     if args.output_json:
-        args.output_json.write_text(json.dumps({"rows": rows, "counter_reliability": reliability}, indent=2) + "\n")
+        record = {"rows": rows, "counter_reliability": reliability, "list_counter_reliability": list_reliability}
+        args.output_json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
-"""benchmarks/bench_object_count.py on a tiny pipeline: every label asked for alone per seed, the counter's
-reliability on renders beside it, a table and a JSON record."""
+"""benchmarks/bench_object_count.py on a tiny pipeline: every label asked for alone per seed, samples.png's lists
+per seed, each counter's reliability on renders beside its figures, two tables and a JSON record."""
 
 import json
 
+import numpy as np
 import pytest
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
 
 from conftest import import_script
+from training.pipeline_loading import load_pipeline
+from training.sampling import VALIDATION_LABELS
+from training.validation import Validation
 
 
 def test_bench_object_count_scores_every_single_label_per_seed(tiny_pipeline_dir, tmp_path, capsys):
@@ -24,6 +30,39 @@ def test_bench_object_count_scores_every_single_label_per_seed(tiny_pipeline_dir
     assert f"| {tiny_pipeline_dir} | 4 | 48 |" in table and "| 100% / " in table  # the pipeline's default guidance
 
 
+def test_bench_object_count_counts_samples_png_lists_per_seed_beside_the_colour_counter_on_renders(
+    tiny_pipeline_dir, tmp_path, capsys
+):
+    output = tmp_path / "counts.json"
+    import_script("bench_object_count", "benchmarks").main(
+        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "1", "--calibration_scenes", "2",
+         "--calibration_renders_per_list", "3", "--output_json", str(output)]  # fmt: skip
+    )
+    record = json.loads(output.read_text())
+    lists = record["rows"][0]["sample_lists"]
+    assert lists["lists"] == [", ".join(names) for names in VALIDATION_LABELS]
+    assert lists["images"] == 2 * 8 and all(0 <= right <= 2 for right in lists["right_per_list"])
+    assert lists["right_count"] == sum(lists["right_per_list"]) / 16
+    assert record["list_counter_reliability"]["32"] >= 0.75  # 24 true renders, 1 to 3 objects each
+    table = capsys.readouterr().out
+    assert f"| {tiny_pipeline_dir} | 4 | 16 | {lists['right_count']:.1%} |" in table
+
+
+def test_the_counted_lists_are_the_images_of_samples_png_for_that_seed(tiny_pipeline_dir, tmp_path, monkeypatch):
+    bench = import_script("bench_object_count", "benchmarks")
+    counted = []
+    monkeypatch.setattr(bench, "count_objects_by_colour", lambda image: counted.append(image) or 0)
+    bench.main(["--pipeline", str(tiny_pipeline_dir), "--seeds", "3", "--calibration_scenes", "1",
+                "--calibration_renders_per_list", "1"])  # fmt: skip
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    validation = Validation(Accelerator(cpu=True), DDPMScheduler(), pipe.vocabulary, tmp_path,
+                            num_inference_steps=25, guidance_scale=4.0, seed=3)  # train_conditional's defaults
+    samples = validation.sample(pipe)
+    assert len(samples) == 8
+    for image, sample in zip(counted, samples):  # the first 8 counted are the seed's images, then the renders
+        np.testing.assert_array_equal((image * 255).round().astype(np.uint8), np.asarray(sample))
+
+
 def test_guidance_scale_reaches_the_pipeline_and_the_record(tiny_pipeline_dir, tmp_path, monkeypatch):
     from pipeline.pipeline_iclevr import ICLEVRPipeline
 
@@ -40,7 +79,7 @@ def test_guidance_scale_reaches_the_pipeline_and_the_record(tiny_pipeline_dir, t
         ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "--guidance_scale", "2.5",
          "--calibration_scenes", "2", "--output_json", str(output)]  # fmt: skip
     )
-    assert weights == [2.5]
+    assert weights == [2.5, 2.5]  # the single labels, then samples.png's lists
     assert json.loads(output.read_text())["rows"][0]["guidance_scale"] == 2.5
 
 

@@ -77,6 +77,9 @@ _FLOOR_Y = (-2.6, 2.5)
 _LIGHT = np.array([-0.55, -0.35, 0.76])
 _LIGHT /= np.linalg.norm(_LIGHT)
 _AMBIENT, _DIFFUSE = 0.36, 0.74
+# A shadow darkens the floor by at most this share (training/object_count.py relies on it to tell gray objects
+# from shadows).
+SHADOW_DARKNESS = 0.42
 
 
 @dataclass(frozen=True)
@@ -419,7 +422,7 @@ def _draw_shadow(image: np.ndarray, obj: SceneObject) -> None:
     rows, cols, u, v = _grid(box)
     q = np.sqrt(((u - ellipse.cu) / ellipse.a) ** 2 + ((v - ellipse.cv) / ellipse.b) ** 2)
     t = np.clip((1.0 - q) / 0.7, 0.0, 1.0)
-    darkness = 0.42 * t * t * (3.0 - 2.0 * t)  # smoothstep falloff
+    darkness = SHADOW_DARKNESS * t * t * (3.0 - 2.0 * t)  # smoothstep falloff
     image[rows, cols] *= (1.0 - darkness)[..., None]
 
 

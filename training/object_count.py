@@ -9,7 +9,7 @@ sphere" as three blue spheres scores 100 %. Two counters, both calibrated on the
   by more than `threshold` (shadows included, they touch their object) form 4-connected blobs. Objects that touch
   or overlap merge into one blob, so it undercounts crowded scenes (71 % of 2-object and 40 % of 3-object renders
   exact at 32x32); a blob of a lone object is never split, so it is exact for single-object lists.
-- `count_objects_by_colour` also tells touching objects apart by colour, for lists of several objects (over 96 % of
+- `count_objects_by_colour` also tells touching objects apart by colour, for lists of several objects (95-100 % of
   1-, 2- and 3-object renders exact); only touching objects of one colour still merge.
 """
 

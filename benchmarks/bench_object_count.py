@@ -40,7 +40,7 @@ from training.evaluation import image_generator
 from training.judge_ceiling import render_label_lists
 from training.object_count import count_objects, count_objects_by_colour
 from training.pipeline_loading import load_pipeline, pipeline_vocabulary
-from training.sampling import VALIDATION_LABELS
+from training.sampling import VALIDATION_LABELS, validation_label_lists
 from training.synthetic_iclevr import render_scene, sample_scenes
 
 CALIBRATION_SEED = 4321  # scenes no training render of seed 0 holds
@@ -77,7 +77,7 @@ def single_label_counts(pipe: ICLEVRPipeline, seeds: list[int], guidance_scale: 
 
 def sample_list_counts(pipe: ICLEVRPipeline, seeds: list[int], guidance_scale: float) -> dict[str, object]:
     """How often each of samples.png's lists is drawn with as many objects as it names, over the seeds."""
-    lists = [list(names) for names in VALIDATION_LABELS]
+    lists = validation_label_lists(pipe.vocabulary)  # the lists train_conditional.py draws into samples.png
     right = np.zeros(len(lists), dtype=int)
     for seed in tqdm(seeds, desc="samples.png lists", leave=False):
         images = pipe(lists, guidance_scale=guidance_scale, output_type="np",

@@ -60,13 +60,13 @@ def count_objects_by_colour(image: np.ndarray, *, threshold: float = DEFAULT_THR
     coloured = foreground & (saturation > SATURATION)
     chromaticity = image / np.maximum(image.sum(axis=2, keepdims=True), 1e-3)
     nearest = ((chromaticity[:, :, None] - _CHROMATICITIES) ** 2).sum(axis=3).argmin(axis=2)
-    count = 0
+    min_area, count = _min_area(foreground), 0
     for colour in range(len(_CHROMATICITIES)):
         mask = coloured & (nearest == colour)
         labels, blobs = _blob_labels(mask)
         areas = np.bincount(labels.ravel(), minlength=blobs + 1)
         with_interior = np.bincount(labels[_interior(mask)], minlength=blobs + 1) > 0
-        count += int(((areas >= _min_area(mask)) & with_interior)[1:].sum())
+        count += int(((areas >= min_area) & with_interior)[1:].sum())
     unsaturated = foreground & ~coloured
     core = unsaturated & (image.mean(axis=2) < GRAY_CORE * floor.mean(axis=2))
     labels, _ = _blob_labels(unsaturated)

@@ -1,11 +1,12 @@
 """Does one label give one object, and does each of samples.png's lists get its number of objects?
 
     python benchmarks/bench_object_count.py --pipeline iclevr-ddpm [other pipelines ...] [--seeds 0 1 2 3 4 5 6 7]
-        [--guidance_scale 4.0]
+        [--guidance_scale 4.0] [--num_inference_steps 25]
 
 Label accuracy (scripts/evaluate.py) cannot see duplicates: "blue sphere" drawn as three blue spheres scores 100 %.
-Two tables, both with the pipeline's saved sampler and default guidance (or --guidance_scale: guidance makes part of
-the duplicates), each with its counter's reliability on built-in renders at the pipeline's resolution beside it:
+Two tables, both with the pipeline's saved sampler, default guidance and step count (or --guidance_scale: guidance
+makes part of the duplicates; --num_inference_steps), each with its counter's reliability on built-in renders at
+the pipeline's resolution beside it:
 - every one of the vocabulary's labels asked for alone, once per seed, counted by training/object_count.py's blob
   counter, which is exact for single objects and undercounts crowded scenes (touching objects merge), so "drawn as
   2+" is a lower bound on duplication;
@@ -31,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import ICLEVRPipeline
-from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from pipeline.vocabulary import DEFAULT_LABELS
 from training.cli import positive_int
 from training.data import resize_image
@@ -57,17 +58,17 @@ def counter_reliability(resolution: int, num_scenes: int) -> dict[int, float]:
     return {k: hits[k] / totals[k] for k in sorted(totals)}
 
 
-def single_label_counts(pipe: ICLEVRPipeline, seeds: list[int], guidance_scale: float) -> dict[str, object]:
-    """Objects counted per single-label list and seed, with the pipeline's saved sampler."""
+def single_label_counts(pipe: ICLEVRPipeline, seeds: list[int], sampling: dict[str, float]) -> dict[str, object]:
+    """Objects counted per single-label list and seed, with the pipeline's saved sampler and SAMPLING's settings."""
     labels = list(pipe.vocabulary.labels)
     counts = []
     for seed in tqdm(seeds, desc="single labels", leave=False):
-        images = pipe([[label] for label in labels], guidance_scale=guidance_scale,
-                      generator=torch.Generator().manual_seed(seed), output_type="np")
+        images = pipe([[label] for label in labels], **sampling, generator=torch.Generator().manual_seed(seed),
+                      output_type="np")
         counts.extend(count_objects(image) for image in images.images)
     return {
         "resolution": pipe.unet.config.sample_size,
-        "guidance_scale": guidance_scale,
+        **sampling,
         "images": len(counts),
         "drawn_as_one": sum(c == 1 for c in counts) / len(counts),
         "drawn_as_two_or_more": sum(c >= 2 for c in counts) / len(counts),
@@ -75,12 +76,12 @@ def single_label_counts(pipe: ICLEVRPipeline, seeds: list[int], guidance_scale: 
     }
 
 
-def sample_list_counts(pipe: ICLEVRPipeline, seeds: list[int], guidance_scale: float) -> dict[str, object]:
+def sample_list_counts(pipe: ICLEVRPipeline, seeds: list[int], sampling: dict[str, float]) -> dict[str, object]:
     """How often each of samples.png's lists is drawn with as many objects as it names, over the seeds."""
     lists = validation_label_lists(pipe.vocabulary)  # the lists train_conditional.py draws into samples.png
     right = np.zeros(len(lists), dtype=int)
     for seed in tqdm(seeds, desc="samples.png lists", leave=False):
-        images = pipe(lists, guidance_scale=guidance_scale, output_type="np",
+        images = pipe(lists, **sampling, output_type="np",
                       generator=[image_generator(seed, index) for index in range(len(lists))]).images
         right += [count_objects_by_colour(image) == len(names) for image, names in zip(images, lists)]
     return {
@@ -100,34 +101,36 @@ def list_counter_reliability(resolution: int, renders_per_list: int) -> float:
     return float(np.mean([count == k for count, k in zip(counts, wanted)]))
 
 
-def pipeline_counts(path: str, seeds: list[int], guidance_scale: float) -> dict[str, object]:
+def pipeline_counts(path: str, seeds: list[int], sampling: dict[str, float]) -> dict[str, object]:
     """Both measurements of one pipeline; the lists only for i-CLEVR's labels, whose colours the counter knows."""
     pipe = load_pipeline(path)
     pipe.set_progress_bar_config(disable=True)
-    row = {"pipeline": path, **single_label_counts(pipe, seeds, guidance_scale)}
+    row = {"pipeline": path, **single_label_counts(pipe, seeds, sampling)}
     if set(DEFAULT_LABELS) <= set(pipe.vocabulary.labels):
-        row["sample_lists"] = sample_list_counts(pipe, seeds, guidance_scale)
+        row["sample_lists"] = sample_list_counts(pipe, seeds, sampling)
     return row
 
 
 def print_single_label_table(rows: list[dict], reliability: dict[int, dict[int, float]]) -> None:
-    print("| pipeline | guidance | images | one label drawn as 1 object | as 2+ | mean objects "
+    print("| pipeline | guidance | steps | images | one label drawn as 1 object | as 2+ | mean objects "
           "| counter exact on renders (1 / 2 / 3 objects) |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         exact = " / ".join(f"{share:.0%}" for share in reliability[row["resolution"]].values())
-        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['images']} | {row['drawn_as_one']:.1%} "
+        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {row['images']} "
+              f"| {row['drawn_as_one']:.1%} "
               f"| {row['drawn_as_two_or_more']:.1%} | {row['mean_objects']:.2f} | {exact} |")
 
 
 def print_list_table(rows: list[dict], reliability: dict[int, float]) -> None:
     print("\nsamples.png's lists: " + " · ".join(rows[0]["sample_lists"]["lists"]))
-    print("| pipeline | guidance | images | drawn with the right count | per list (of the seeds) "
+    print("| pipeline | guidance | steps | images | drawn with the right count | per list (of the seeds) "
           "| counter right on true renders of the lists |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         lists = row["sample_lists"]
-        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {lists['images']} | {lists['right_count']:.1%} "
+        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {lists['images']} "
+              f"| {lists['right_count']:.1%} "
               f"| {' '.join(map(str, lists['right_per_list']))} | {reliability[row['resolution']]:.1%} |")
 
 
@@ -137,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                         help="classifier-free guidance weight (the pipeline's default; <= 1 turns guidance off)")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS,
+                        help=f"sampler steps (default {DEFAULT_INFERENCE_STEPS}, the pipeline's and samples.png's)")
     parser.add_argument("--calibration_scenes", type=positive_int, default=300,
                         help="held-out scenes rendered to measure the blob counter")
     parser.add_argument("--calibration_renders_per_list", type=positive_int, default=25,
@@ -150,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     with one_line_errors():
         for path in args.pipeline:  # every path checked (model_index.json alone) before minutes of sampling
             pipeline_vocabulary(path)
-        rows = [pipeline_counts(path, args.seeds, args.guidance_scale) for path in args.pipeline]
+        sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
+        rows = [pipeline_counts(path, args.seeds, sampling) for path in args.pipeline]
     resolutions = sorted({row["resolution"] for row in rows})
     reliability = {res: counter_reliability(res, args.calibration_scenes) for res in resolutions}
     print_single_label_table(rows, reliability)

@@ -31,6 +31,8 @@ Labels = Sequence[str] | Sequence[Sequence[str]] | torch.Tensor
 
 # Classifier-free guidance weight measured best at 25 steps (benchmarks/bench_samplers.py, README: Samplers).
 DEFAULT_GUIDANCE_SCALE = 4.0
+# Steps of the saved sampler (SDE DPM-Solver++) measured within 2 points of DDPM 1000 (README: Samplers).
+DEFAULT_INFERENCE_STEPS = 25
 
 
 @dataclass
@@ -222,7 +224,7 @@ class ICLEVRPipeline(DiffusionPipeline):
     def __call__(
         self,
         labels: Labels,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,

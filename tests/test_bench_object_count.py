@@ -17,8 +17,8 @@ from training.validation import Validation
 def test_bench_object_count_scores_every_single_label_per_seed(tiny_pipeline_dir, tmp_path, capsys):
     output = tmp_path / "counts.json"
     import_script("bench_object_count", "benchmarks").main(
-        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "1", "--calibration_scenes", "4",
-         "--output_json", str(output)]  # fmt: skip
+        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "1", "--num_inference_steps", "2",
+         "--calibration_scenes", "4", "--output_json", str(output)]  # fmt: skip
     )
     record = json.loads(output.read_text())
     (row,) = record["rows"]
@@ -27,7 +27,7 @@ def test_bench_object_count_scores_every_single_label_per_seed(tiny_pipeline_dir
     # Lone rendered objects are always counted once; the table says so beside the pipeline's figures.
     assert record["counter_reliability"]["32"]["1"] == 1.0
     table = capsys.readouterr().out
-    assert f"| {tiny_pipeline_dir} | 4 | 48 |" in table and "| 100% / " in table  # the pipeline's default guidance
+    assert f"| {tiny_pipeline_dir} | 4 | 2 | 48 |" in table and "| 100% / " in table  # the default guidance
 
 
 def test_bench_object_count_counts_samples_png_lists_per_seed_beside_the_colour_counter_on_renders(
@@ -35,8 +35,8 @@ def test_bench_object_count_counts_samples_png_lists_per_seed_beside_the_colour_
 ):
     output = tmp_path / "counts.json"
     import_script("bench_object_count", "benchmarks").main(
-        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "1", "--calibration_scenes", "2",
-         "--calibration_renders_per_list", "3", "--output_json", str(output)]  # fmt: skip
+        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "1", "--num_inference_steps", "2",
+         "--calibration_scenes", "2", "--calibration_renders_per_list", "3", "--output_json", str(output)]  # fmt: skip
     )
     record = json.loads(output.read_text())
     lists = record["rows"][0]["sample_lists"]
@@ -45,7 +45,7 @@ def test_bench_object_count_counts_samples_png_lists_per_seed_beside_the_colour_
     assert lists["right_count"] == sum(lists["right_per_list"]) / 16
     assert record["list_counter_reliability"]["32"] >= 0.75  # 24 true renders, 1 to 3 objects each
     table = capsys.readouterr().out
-    assert f"| {tiny_pipeline_dir} | 4 | 16 | {lists['right_count']:.1%} |" in table
+    assert f"| {tiny_pipeline_dir} | 4 | 2 | 16 | {lists['right_count']:.1%} |" in table
 
 
 def test_the_counted_lists_are_the_images_of_samples_png_for_that_seed(tiny_pipeline_dir, tmp_path, monkeypatch):
@@ -63,24 +63,25 @@ def test_the_counted_lists_are_the_images_of_samples_png_for_that_seed(tiny_pipe
         np.testing.assert_array_equal((image * 255).round().astype(np.uint8), np.asarray(sample))
 
 
-def test_guidance_scale_reaches_the_pipeline_and_the_record(tiny_pipeline_dir, tmp_path, monkeypatch):
+def test_guidance_scale_and_steps_reach_the_pipeline_and_the_record(tiny_pipeline_dir, tmp_path, monkeypatch):
     from pipeline.pipeline_iclevr import ICLEVRPipeline
 
-    weights = []
+    settings = []
     call = ICLEVRPipeline.__call__
 
     def spy(self, *args, **kwargs):
-        weights.append(kwargs["guidance_scale"])
+        settings.append((kwargs["guidance_scale"], kwargs["num_inference_steps"]))
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(ICLEVRPipeline, "__call__", spy)
     output = tmp_path / "counts.json"
     import_script("bench_object_count", "benchmarks").main(
-        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "--guidance_scale", "2.5",
-         "--calibration_scenes", "2", "--output_json", str(output)]  # fmt: skip
+        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "--guidance_scale", "2.5", "--num_inference_steps",
+         "3", "--calibration_scenes", "2", "--output_json", str(output)]  # fmt: skip
     )
-    assert weights == [2.5, 2.5]  # the single labels, then samples.png's lists
-    assert json.loads(output.read_text())["rows"][0]["guidance_scale"] == 2.5
+    assert settings == [(2.5, 3), (2.5, 3)]  # the single labels, then samples.png's lists
+    row = json.loads(output.read_text())["rows"][0]
+    assert (row["guidance_scale"], row["num_inference_steps"]) == (2.5, 3)
 
 
 def test_a_missing_pipeline_stops_before_any_sampling_with_one_line(tiny_pipeline_dir, tmp_path):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from diffusers.optimization import SchedulerType
 
-from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from training.cli import (
     ArgumentParser,
     fraction,
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help='"latest" or a path to a checkpoint-STEP folder.')
     run.add_argument("--validation_steps", type=positive_int, default=500,
                      help="Sample a grid of fixed label lists with the EMA weights every this many steps.")
-    run.add_argument("--validation_inference_steps", type=positive_int, default=25)
+    run.add_argument("--validation_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS)
     run.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     run.add_argument("--evaluator_checkpoint", type=str, default=None,
                      help="An evaluator checkpoint (checkpoint.pth): at every validation, score the EMA model on the "

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT, import_script
 from pipeline import ICLEVRPipeline, LabelVocabulary
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.data import load_train_dataset, load_training_set
 from training.export import ExportError, export_pipeline, make_self_describing
 from training.hub import HubError, push_dataset_to_hub, push_pipeline_to_hub
@@ -192,6 +193,20 @@ def test_model_card_names_the_label_embeddings_starting_norm_only_when_one_was_s
 
     assert "label embeddings' starting norm" not in plain
     assert "label embeddings' starting norm: 8" in card
+
+
+def test_model_card_says_with_which_steps_and_guidance_samples_png_was_drawn(model_dir, tmp_path):
+    plain = (export_pipeline(model_dir, tmp_path / "plain") / "README.md").read_text()
+    training_args = json.loads((model_dir / "training_args.json").read_text())
+    (model_dir / "training_args.json").write_text(json.dumps({**training_args, "validation_inference_steps": 25,
+                                                              "validation_guidance_scale": 2.0}))
+
+    card = (export_pipeline(model_dir, tmp_path / "guided") / "README.md").read_text()
+
+    assert "Drawn by the saved sampler" not in plain  # a folder whose training flags do not say
+    assert ("Drawn by the saved sampler with 25 steps and guidance 2, one image per list. Label lists of the grid"
+            in card)
+    assert f"`guidance_scale` (default {DEFAULT_GUIDANCE_SCALE};" in card  # the pipeline's own default stays
 
 
 def test_model_card_says_whether_the_residual_branches_started_at_zero(model_dir, tmp_path):

@@ -51,6 +51,7 @@ arguments.
 
 ![Samples](samples.png)
 
+{% if sample_settings %}Drawn by the saved sampler with {{ sample_settings }}, one image per list. {% endif -%}
 Label lists of the grid, left to right, top to bottom:
 {% for names in sample_lists %}
 {{ loop.index }}. {{ names | join(", ") }}
@@ -236,6 +237,14 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines).strip()
 
 
+def _sample_settings(training_args: dict[str, Any]) -> str | None:
+    """How the training drew samples.png; its guidance may differ from the pipeline's default."""
+    steps, guidance = (training_args.get(key) for key in ("validation_inference_steps", "validation_guidance_scale"))
+    if steps is None or guidance is None:
+        return None
+    return f"{steps} steps and guidance {guidance:g}" + (" (no guidance)" if guidance <= 1 else "")
+
+
 def render_model_card(
     *,
     repo_id: str | None,
@@ -283,6 +292,7 @@ def render_model_card(
         scheduler=scheduler,
         guidance_scale=DEFAULT_GUIDANCE_SCALE,
         sample_lists=[list(names) for names in sample_lists] if sample_lists else None,
+        sample_settings=_sample_settings(training_args),
         training_args=[(key, _cell(value)) for key, value in training_args.items()] if training_args else None,
         trained=trained_markdown(trained) if trained else None,
         key_settings="; ".join(settings),

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT, import_script
 from pipeline import ICLEVRPipeline, LabelVocabulary
-from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from training.data import load_train_dataset, load_training_set
 from training.export import ExportError, export_pipeline, make_self_describing
 from training.hub import HubError, push_dataset_to_hub, push_pipeline_to_hub
@@ -206,7 +206,9 @@ def test_model_card_says_with_which_steps_and_guidance_samples_png_was_drawn(mod
     assert "Drawn by the saved sampler" not in plain  # a folder whose training flags do not say
     assert ("Drawn by the saved sampler with 25 steps and guidance 2, one image per list. Label lists of the grid"
             in card)
-    assert f"`guidance_scale` (default {DEFAULT_GUIDANCE_SCALE};" in card  # the pipeline's own default stays
+    # the pipeline's own defaults stay as they are
+    assert (f"`num_inference_steps` (default {DEFAULT_INFERENCE_STEPS}), `guidance_scale` (default "
+            f"{DEFAULT_GUIDANCE_SCALE};") in card
 
 
 def test_model_card_says_whether_the_residual_branches_started_at_zero(model_dir, tmp_path):

@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 
 TEMPLATE = """\
 ---
@@ -37,9 +37,9 @@ and pin `revision` to a commit hash, so that later pushes cannot change the code
 
 Label lists must use the labels below; an unknown name raises an error that names the closest label (a
 `ValueError`; its class is `pipe.LabelError`, since the pipeline's module cannot be imported by name).
-`num_inference_steps` (default 25), `guidance_scale` (default {{ guidance_scale }}; 1 turns guidance off), `generator`,
-`output_type` ("pil", "np", "pt") and `return_intermediates` (snapshots of the denoising process) are the other
-arguments.
+`num_inference_steps` (default {{ num_inference_steps }}), `guidance_scale` (default {{ guidance_scale }}; 1 turns
+guidance off), `generator`, `output_type` ("pil", "np", "pt") and `return_intermediates` (snapshots of the denoising
+process) are the other arguments.
 
 ## Labels
 
@@ -290,6 +290,7 @@ def render_model_card(
         unet_rows=[(key, _cell(unet_config[key])) for key in UNET_KEYS if key in unet_config],
         num_parameters=num_parameters,
         scheduler=scheduler,
+        num_inference_steps=DEFAULT_INFERENCE_STEPS,
         guidance_scale=DEFAULT_GUIDANCE_SCALE,
         sample_lists=[list(names) for names in sample_lists] if sample_lists else None,
         sample_settings=_sample_settings(training_args),

@@ -118,8 +118,8 @@ def print_single_label_table(rows: list[dict], reliability: dict[int, dict[int, 
     for row in rows:
         exact = " / ".join(f"{share:.0%}" for share in reliability[row["resolution"]].values())
         print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {row['images']} "
-              f"| {row['drawn_as_one']:.1%} "
-              f"| {row['drawn_as_two_or_more']:.1%} | {row['mean_objects']:.2f} | {exact} |")
+              f"| {row['drawn_as_one']:.1%} | {row['drawn_as_two_or_more']:.1%} | {row['mean_objects']:.2f} "
+              f"| {exact} |")
 
 
 def print_list_table(rows: list[dict], reliability: dict[int, float]) -> None:
@@ -130,8 +130,8 @@ def print_list_table(rows: list[dict], reliability: dict[int, float]) -> None:
     for row in rows:
         lists = row["sample_lists"]
         print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {lists['images']} "
-              f"| {lists['right_count']:.1%} "
-              f"| {' '.join(map(str, lists['right_per_list']))} | {reliability[row['resolution']]:.1%} |")
+              f"| {lists['right_count']:.1%} | {' '.join(map(str, lists['right_per_list']))} "
+              f"| {reliability[row['resolution']]:.1%} |")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

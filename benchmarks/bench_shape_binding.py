@@ -1,0 +1,105 @@
+"""Does each object of samples.png's lists get its requested shape, or the shape of another object in the list?
+
+    python benchmarks/bench_shape_binding.py --pipeline iclevr-ddpm [other pipelines ...]
+        --evaluator_checkpoint evaluator/checkpoint.pth [--seeds 0 1 2 3 4 5 6 7] [--guidance_scale 4.0]
+
+Label accuracy counts "red cube" as recalled when the evaluator ranks it among the list's top k, which a red
+rounded box beside a brown cylinder can still reach. This asks one object at a time: the multi-object lists of the
+training script's samples.png, each with its own generator per seed exactly as samples.png draws them (seed 0 gives
+the samples.png of a run trained with --seed 0), and for every requested object the evaluator's probability of it
+against that colour's other shapes. An object is drawn with its shape when it scores above every shape of its colour
+that the list does not ask for ("cyan cube" beside "cyan cylinder" competes with "cyan sphere" alone). Prints one
+table row per pipeline (bound / asked per shape); --output_json keeps them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout; no install step
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
+from pipeline.vocabulary import DEFAULT_LABELS
+from training.cli import positive_int
+from training.errors import UserError, one_line_errors
+from training.evaluation import generate_and_score
+from training.evaluator import load_evaluator
+from training.pipeline_loading import load_pipeline, pipeline_vocabulary
+from training.sampling import validation_label_lists
+
+SHAPES = ("cube", "sphere", "cylinder")
+
+
+def drawn_with_its_shape(label: str, asked: Sequence[str], probs: Sequence[float], labels: Sequence[str]) -> bool:
+    """Whether the evaluator scores `label` ("red cube") above each shape of its colour that `asked` lacks."""
+    colour, _ = label.split(" ")
+    rivals = [f"{colour} {shape}" for shape in SHAPES if f"{colour} {shape}" not in asked]
+    score = probs[labels.index(label)]
+    return all(score > probs[labels.index(rival)] for rival in rivals)
+
+
+def shape_binding(pipeline_path: str, evaluator, seeds: Sequence[int], sampling: dict) -> dict[str, object]:
+    """Bound / asked per shape over the multi-object lists of samples.png, one image per list and seed."""
+    pipe = load_pipeline(pipeline_path)
+    pipe.set_progress_bar_config(disable=True)
+    labels = list(pipe.vocabulary.labels)
+    if not set(DEFAULT_LABELS) <= set(labels):
+        raise UserError(f"{pipeline_path} does not draw i-CLEVR's labels; shape binding needs its colours and shapes")
+    lists = validation_label_lists(pipe.vocabulary)
+    items = [{"labels": names, "seed": seed, "index": index}
+             for index, names in enumerate(lists) if len(names) > 1 for seed in seeds]  # fmt: skip
+    records = generate_and_score(pipe, evaluator, items, **sampling)
+    bound, asked = dict.fromkeys(SHAPES, 0), dict.fromkeys(SHAPES, 0)
+    for record in records:
+        for label in record["labels"]:
+            shape = label.split(" ")[1]
+            asked[shape] += 1
+            bound[shape] += drawn_with_its_shape(label, record["labels"], record["probs"], labels)
+    return {"pipeline": pipeline_path, "resolution": pipe.unet.config.sample_size, "images": len(items),
+            **sampling, "bound": bound, "asked": asked}  # fmt: skip
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| pipeline | guidance | steps | images | " + " | ".join(f"{shape}s drawn as {shape}s" for shape in SHAPES)
+          + " | all objects |")  # fmt: skip
+    print("|---|---|---|---|" + "---|" * (len(SHAPES) + 1))
+    for row in rows:
+        cells = [f"{row['bound'][shape]} / {row['asked'][shape]}" for shape in SHAPES]
+        total = f"{sum(row['bound'].values()) / sum(row['asked'].values()):.1%}"
+        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {row['images']} "
+              f"| {' | '.join(cells)} | {total} |")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pipeline", nargs="+", required=True, help="pipeline folders or Hub ids")
+    parser.add_argument("--evaluator_checkpoint", required=True, help="the evaluator's checkpoint.pth")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                        help="classifier-free guidance weight (the pipeline's default; samples.png's is the "
+                             "training run's --validation_guidance_scale)")  # fmt: skip
+    parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS)
+    parser.add_argument("--output_json", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    with one_line_errors():
+        for path in args.pipeline:  # every path checked (model_index.json alone) before minutes of sampling
+            pipeline_vocabulary(path)
+        evaluator = load_evaluator(args.evaluator_checkpoint)
+        sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
+        rows = [shape_binding(path, evaluator, args.seeds, sampling) for path in args.pipeline]
+    print_table(rows)
+    if args.output_json:
+        args.output_json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

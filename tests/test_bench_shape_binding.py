@@ -1,0 +1,60 @@
+"""benchmarks/bench_shape_binding.py: each requested object of samples.png's multi-object lists against its colour's
+other shapes, judged by the evaluator; a tiny pipeline and a real (untrained) evaluator checkpoint."""
+
+import json
+
+import pytest
+
+from conftest import import_script
+from pipeline.vocabulary import DEFAULT_LABELS
+from training.evaluator import build_evaluator, save_evaluator
+from training.sampling import VALIDATION_LABELS
+
+bench = import_script("bench_shape_binding", "benchmarks")
+LABELS = list(DEFAULT_LABELS)
+
+
+def probs_with(**scores: float) -> list[float]:
+    probs = [0.1] * len(LABELS)
+    for name, score in scores.items():
+        probs[LABELS.index(name.replace("_", " "))] = score
+    return probs
+
+
+def test_a_cube_drawn_as_a_cylinder_is_not_drawn_with_its_shape():
+    asked = ["brown cylinder", "red cube"]
+    probs = probs_with(brown_cylinder=0.9, red_cube=0.6, red_cylinder=0.8)
+    assert not bench.drawn_with_its_shape("red cube", asked, probs, LABELS)
+    assert bench.drawn_with_its_shape("brown cylinder", asked, probs, LABELS)
+
+
+def test_a_requested_shape_of_the_same_colour_is_not_a_rival():
+    asked = ["red sphere", "cyan cylinder", "cyan cube"]
+    probs = probs_with(red_sphere=0.9, cyan_cylinder=0.9, cyan_cube=0.7, cyan_sphere=0.2)
+    assert bench.drawn_with_its_shape("cyan cube", asked, probs, LABELS)
+    assert not bench.drawn_with_its_shape("cyan cube", asked, probs_with(cyan_cube=0.2, cyan_sphere=0.3), LABELS)
+
+
+@pytest.fixture(scope="module")
+def evaluator_path(tmp_path_factory):
+    return save_evaluator(build_evaluator(), tmp_path_factory.mktemp("evaluator") / "checkpoint.pth")
+
+
+def test_every_object_of_the_multi_object_lists_is_judged_once_per_seed(
+    tiny_pipeline_dir, evaluator_path, tmp_path, capsys
+):
+    output = tmp_path / "binding.json"
+    bench.main(["--pipeline", str(tiny_pipeline_dir), "--evaluator_checkpoint", str(evaluator_path),
+                "--seeds", "0", "1", "--num_inference_steps", "2", "--output_json", str(output)])  # fmt: skip
+    (row,) = json.loads(output.read_text())["rows"]
+    lists = [names for names in VALIDATION_LABELS if len(names) > 1]
+    assert row["images"] == 2 * len(lists)
+    for shape in bench.SHAPES:
+        wanted = sum(label.endswith(shape) for names in lists for label in names)
+        assert row["asked"][shape] == 2 * wanted and 0 <= row["bound"][shape] <= row["asked"][shape]
+    assert f"| {tiny_pipeline_dir} | 4 | 2 | {row['images']} |" in capsys.readouterr().out
+
+
+def test_a_missing_evaluator_checkpoint_fails_with_one_line(tiny_pipeline_dir, tmp_path):
+    with pytest.raises(SystemExit, match="^error: .*missing.pth"):
+        bench.main(["--pipeline", str(tiny_pipeline_dir), "--evaluator_checkpoint", str(tmp_path / "missing.pth")])

@@ -32,15 +32,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import ICLEVRPipeline
-from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from pipeline.vocabulary import DEFAULT_LABELS
-from training.cli import positive_int
+from training.cli import ArgumentParser, positive_int
 from training.data import resize_image
 from training.errors import one_line_errors
 from training.evaluation import image_generator
 from training.judge_ceiling import render_label_lists
 from training.object_count import count_objects, count_objects_by_colour
-from training.pipeline_loading import load_pipeline, pipeline_vocabulary
+from training.pipeline_loading import load_pipeline
+from training.sample_list_flags import add_sample_list_arguments, check_pipelines
 from training.sampling import VALIDATION_LABELS, validation_label_lists
 from training.synthetic_iclevr import render_scene, sample_scenes
 
@@ -135,13 +135,8 @@ def print_list_table(rows: list[dict], reliability: dict[int, float]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pipeline", nargs="+", required=True, help="pipeline folders or Hub ids")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
-                        help="classifier-free guidance weight (the pipeline's default; <= 1 turns guidance off)")
-    parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS,
-                        help=f"sampler steps (default {DEFAULT_INFERENCE_STEPS}, the pipeline's and samples.png's)")
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    add_sample_list_arguments(parser)
     parser.add_argument("--calibration_scenes", type=positive_int, default=300,
                         help="held-out scenes rendered to measure the blob counter")
     parser.add_argument("--calibration_renders_per_list", type=positive_int, default=25,
@@ -153,8 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with one_line_errors():
-        for path in args.pipeline:  # every path checked (model_index.json alone) before minutes of sampling
-            pipeline_vocabulary(path)
+        check_pipelines(args.pipeline)  # before minutes of sampling
         sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
         rows = [pipeline_counts(path, args.seeds, sampling) for path in args.pipeline]
     resolutions = sorted({row["resolution"] for row in rows})

@@ -23,13 +23,13 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from pipeline.vocabulary import DEFAULT_LABELS
-from training.cli import positive_int
+from training.cli import ArgumentParser
 from training.errors import UserError, one_line_errors
 from training.evaluation import generate_and_score
 from training.evaluator import load_evaluator
-from training.pipeline_loading import load_pipeline, pipeline_vocabulary
+from training.pipeline_loading import load_pipeline
+from training.sample_list_flags import add_sample_list_arguments, check_pipelines
 from training.sampling import validation_label_lists
 
 SHAPES = ("cube", "sphere", "cylinder")
@@ -76,14 +76,9 @@ def print_table(rows: list[dict]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pipeline", nargs="+", required=True, help="pipeline folders or Hub ids")
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    add_sample_list_arguments(parser)
     parser.add_argument("--evaluator_checkpoint", required=True, help="the evaluator's checkpoint.pth")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
-                        help="classifier-free guidance weight (the pipeline's default; samples.png's is the "
-                             "training run's --validation_guidance_scale)")  # fmt: skip
-    parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS)
     parser.add_argument("--output_json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -91,8 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with one_line_errors():
-        for path in args.pipeline:  # every path checked (model_index.json alone) before minutes of sampling
-            pipeline_vocabulary(path)
+        check_pipelines(args.pipeline)  # before minutes of sampling
         evaluator = load_evaluator(args.evaluator_checkpoint)
         sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
         rows = [shape_binding(path, evaluator, args.seeds, sampling) for path in args.pipeline]

@@ -58,3 +58,18 @@ def test_every_object_of_the_multi_object_lists_is_judged_once_per_seed(
 def test_a_missing_evaluator_checkpoint_fails_with_one_line(tiny_pipeline_dir, tmp_path):
     with pytest.raises(SystemExit, match="^error: .*missing.pth"):
         bench.main(["--pipeline", str(tiny_pipeline_dir), "--evaluator_checkpoint", str(tmp_path / "missing.pth")])
+
+
+def test_a_missing_pipeline_is_refused_before_the_evaluator_loads_or_any_sampling(tiny_pipeline_dir, tmp_path):
+    output = tmp_path / "binding.json"
+    with pytest.raises(SystemExit, match=r"^error: --pipeline .*missing: no pipeline there"):
+        bench.main(["--pipeline", str(tiny_pipeline_dir), str(tmp_path / "missing"),
+                    "--evaluator_checkpoint", str(tmp_path / "missing.pth"), "--output_json", str(output)])  # fmt: skip
+    assert not output.exists()
+
+
+def test_a_misspelt_flag_names_the_closest_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--pipeline", "p", "--evaluator_checkpoint", "e", "--guidance_sacle", "2"])
+    assert exit_info.value.code == 1
+    assert "did you mean --guidance_scale?" in capsys.readouterr().err

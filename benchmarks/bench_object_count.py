@@ -40,7 +40,7 @@ from training.evaluation import image_generator
 from training.judge_ceiling import render_label_lists
 from training.object_count import count_objects, count_objects_by_colour
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import add_sample_list_arguments, check_pipelines
+from training.sample_list_flags import add_sample_list_arguments, check_pipelines, sampling_settings
 from training.sampling import VALIDATION_LABELS, validation_label_lists
 from training.synthetic_iclevr import render_scene, sample_scenes
 
@@ -104,7 +104,6 @@ def list_counter_reliability(resolution: int, renders_per_list: int) -> float:
 def pipeline_counts(path: str, seeds: list[int], sampling: dict[str, float]) -> dict[str, object]:
     """Both measurements of one pipeline; the lists only for i-CLEVR's labels, whose colours the counter knows."""
     pipe = load_pipeline(path)
-    pipe.set_progress_bar_config(disable=True)
     row = {"pipeline": path, **single_label_counts(pipe, seeds, sampling)}
     if set(DEFAULT_LABELS) <= set(pipe.vocabulary.labels):
         row["sample_lists"] = sample_list_counts(pipe, seeds, sampling)
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with one_line_errors():
         check_pipelines(args.pipeline)  # before minutes of sampling
-        sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
+        sampling = sampling_settings(args)
         rows = [pipeline_counts(path, args.seeds, sampling) for path in args.pipeline]
     resolutions = sorted({row["resolution"] for row in rows})
     reliability = {res: counter_reliability(res, args.calibration_scenes) for res in resolutions}

@@ -23,16 +23,14 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from pipeline.vocabulary import DEFAULT_LABELS
+from pipeline.vocabulary import DEFAULT_LABELS, SHAPES
 from training.cli import ArgumentParser
 from training.errors import UserError, one_line_errors
 from training.evaluation import generate_and_score
 from training.evaluator import load_evaluator
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import add_sample_list_arguments, check_pipelines
+from training.sample_list_flags import add_sample_list_arguments, check_pipelines, sampling_settings
 from training.sampling import validation_label_lists
-
-SHAPES = ("cube", "sphere", "cylinder")
 
 
 def drawn_with_its_shape(label: str, asked: Sequence[str], probs: Sequence[float], labels: Sequence[str]) -> bool:
@@ -46,7 +44,6 @@ def drawn_with_its_shape(label: str, asked: Sequence[str], probs: Sequence[float
 def shape_binding(pipeline_path: str, evaluator, seeds: Sequence[int], sampling: dict) -> dict[str, object]:
     """Bound / asked per shape over the multi-object lists of samples.png, one image per list and seed."""
     pipe = load_pipeline(pipeline_path)
-    pipe.set_progress_bar_config(disable=True)
     labels = list(pipe.vocabulary.labels)
     if not set(DEFAULT_LABELS) <= set(labels):
         raise UserError(f"{pipeline_path} does not draw i-CLEVR's labels; shape binding needs its colours and shapes")
@@ -88,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     with one_line_errors():
         check_pipelines(args.pipeline)  # before minutes of sampling
         evaluator = load_evaluator(args.evaluator_checkpoint)
-        sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
+        sampling = sampling_settings(args)
         rows = [shape_binding(path, evaluator, args.seeds, sampling) for path in args.pipeline]
     print_table(rows)
     if args.output_json:

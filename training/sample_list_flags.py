@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from training.cli import positive_int
@@ -25,6 +26,11 @@ def add_sample_list_arguments(parser: argparse.ArgumentParser) -> None:
                              "training run's --validation_guidance_scale; <= 1 turns guidance off)")  # fmt: skip
     parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS,
                         help=f"sampler steps (default {DEFAULT_INFERENCE_STEPS}, the pipeline's and samples.png's)")
+
+
+def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline call arguments those flags set, as each benchmark passes them on and records them."""
+    return {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
 
 
 def check_pipelines(paths: Sequence[str]) -> None:

@@ -140,7 +140,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="held-out scenes rendered to measure the blob counter")
     parser.add_argument("--calibration_renders_per_list", type=positive_int, default=25,
                         help="true renders of each samples.png list to measure the colour-aware counter")
-    parser.add_argument("--output_json", type=Path, default=None)
     return parser.parse_args(argv)
 
 

@@ -4,12 +4,11 @@
         --evaluator_checkpoint evaluator/checkpoint.pth [--seeds 0 1 2 3 4 5 6 7] [--guidance_scale 4.0]
 
 Label accuracy counts "red cube" as recalled when the evaluator ranks it among the list's top k, which a red
-rounded box beside a brown cylinder can still reach. This asks one object at a time: the multi-object lists of the
-training script's samples.png, each with its own generator per seed exactly as samples.png draws them (seed 0 gives
-the samples.png of a run trained with --seed 0), and for every requested object the evaluator's probability of it
-against that colour's other shapes. An object is drawn with its shape when it scores above every shape of its colour
-that the list does not ask for ("cyan cube" beside "cyan cylinder" competes with "cyan sphere" alone). Prints one
-table row per pipeline (bound / asked per shape); --output_json keeps them.
+rounded box beside a brown cylinder can still reach. This asks one object at a time (training/shape_binding.py): the
+multi-object lists of the training script's samples.png, each with its own generator per seed exactly as samples.png
+draws them (seed 0 gives the samples.png of a run trained with --seed 0), and for every requested object whether the
+evaluator ranks it above that colour's shapes the list does not ask for. Prints one table row per pipeline (bound /
+asked per shape); --output_json keeps them. benchmarks/bench_samples_right.py judges whole images instead.
 """
 
 from __future__ import annotations
@@ -23,30 +22,20 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from pipeline.vocabulary import DEFAULT_LABELS, SHAPES
+from pipeline.vocabulary import SHAPES
 from training.cli import ArgumentParser
-from training.errors import UserError, one_line_errors
 from training.evaluation import generate_and_score
-from training.evaluator import load_evaluator
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import add_sample_list_arguments, check_pipelines, sampling_settings
+from training.sample_list_flags import add_sample_list_arguments, judge_pipelines
 from training.sampling import validation_label_lists
-
-
-def drawn_with_its_shape(label: str, asked: Sequence[str], probs: Sequence[float], labels: Sequence[str]) -> bool:
-    """Whether the evaluator scores `label` ("red cube") above each shape of its colour that `asked` lacks."""
-    colour, _ = label.split(" ")
-    rivals = [f"{colour} {shape}" for shape in SHAPES if f"{colour} {shape}" not in asked]
-    score = probs[labels.index(label)]
-    return all(score > probs[labels.index(rival)] for rival in rivals)
+from training.shape_binding import drawn_with_its_shape, require_iclevr_labels
 
 
 def shape_binding(pipeline_path: str, evaluator, seeds: Sequence[int], sampling: dict) -> dict[str, object]:
     """Bound / asked per shape over the multi-object lists of samples.png, one image per list and seed."""
     pipe = load_pipeline(pipeline_path)
     labels = list(pipe.vocabulary.labels)
-    if not set(DEFAULT_LABELS) <= set(labels):
-        raise UserError(f"{pipeline_path} does not draw i-CLEVR's labels; shape binding needs its colours and shapes")
+    require_iclevr_labels(labels, pipeline_path)
     lists = validation_label_lists(pipe.vocabulary)
     items = [{"labels": names, "seed": seed, "index": index}
              for index, names in enumerate(lists) if len(names) > 1 for seed in seeds]  # fmt: skip
@@ -74,19 +63,13 @@ def print_table(rows: list[dict]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
-    add_sample_list_arguments(parser)
-    parser.add_argument("--evaluator_checkpoint", required=True, help="the evaluator's checkpoint.pth")
-    parser.add_argument("--output_json", type=Path, default=None)
+    add_sample_list_arguments(parser, evaluator=True)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with one_line_errors():
-        check_pipelines(args.pipeline)  # before minutes of sampling
-        evaluator = load_evaluator(args.evaluator_checkpoint)
-        sampling = sampling_settings(args)
-        rows = [shape_binding(path, evaluator, args.seeds, sampling) for path in args.pipeline]
+    rows = judge_pipelines(args, shape_binding)
     print_table(rows)
     if args.output_json:
         args.output_json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")

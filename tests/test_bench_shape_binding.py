@@ -6,33 +6,10 @@ import json
 import pytest
 
 from conftest import import_script
-from pipeline.vocabulary import DEFAULT_LABELS
 from training.evaluator import build_evaluator, save_evaluator
 from training.sampling import VALIDATION_LABELS
 
 bench = import_script("bench_shape_binding", "benchmarks")
-LABELS = list(DEFAULT_LABELS)
-
-
-def probs_with(**scores: float) -> list[float]:
-    probs = [0.1] * len(LABELS)
-    for name, score in scores.items():
-        probs[LABELS.index(name.replace("_", " "))] = score
-    return probs
-
-
-def test_a_cube_drawn_as_a_cylinder_is_not_drawn_with_its_shape():
-    asked = ["brown cylinder", "red cube"]
-    probs = probs_with(brown_cylinder=0.9, red_cube=0.6, red_cylinder=0.8)
-    assert not bench.drawn_with_its_shape("red cube", asked, probs, LABELS)
-    assert bench.drawn_with_its_shape("brown cylinder", asked, probs, LABELS)
-
-
-def test_a_requested_shape_of_the_same_colour_is_not_a_rival():
-    asked = ["red sphere", "cyan cylinder", "cyan cube"]
-    probs = probs_with(red_sphere=0.9, cyan_cylinder=0.9, cyan_cube=0.7, cyan_sphere=0.2)
-    assert bench.drawn_with_its_shape("cyan cube", asked, probs, LABELS)
-    assert not bench.drawn_with_its_shape("cyan cube", asked, probs_with(cyan_cube=0.2, cyan_sphere=0.3), LABELS)
 
 
 @pytest.fixture(scope="module")

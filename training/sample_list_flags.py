@@ -1,23 +1,30 @@
-"""The flags and the up-front check that the benchmarks redrawing samples.png's label lists share.
+"""The flags, the up-front check and the loop that the benchmarks redrawing samples.png's label lists share.
 
-bench_object_count.py and bench_shape_binding.py draw the same images (each list with its own generator per seed,
-as the training script's samples.png does) from one or more pipelines; both take the same four flags and refuse a
-wrong pipeline path before any minutes of sampling.
+bench_object_count.py, bench_shape_binding.py and bench_samples_right.py draw the same images (each list with its own
+generator per seed, as the training script's samples.png does) from one or more pipelines; all take the same flags
+and refuse a wrong pipeline path before any minutes of sampling, and the two that ask the evaluator load it once for
+every pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
 from training.cli import positive_int
+from training.errors import one_line_errors
+from training.evaluator import load_evaluator
 from training.pipeline_loading import pipeline_vocabulary
 
 
-def add_sample_list_arguments(parser: argparse.ArgumentParser) -> None:
-    """--pipeline, --seeds, --guidance_scale and --num_inference_steps, with the pipeline's defaults."""
+def add_sample_list_arguments(parser: argparse.ArgumentParser, *, evaluator: bool = False) -> None:
+    """--pipeline, --seeds, --guidance_scale and --num_inference_steps, with the pipeline's defaults, and
+    --output_json; with `evaluator`, also --evaluator_checkpoint."""
     parser.add_argument("--pipeline", nargs="+", required=True, help="pipeline folders or Hub ids")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)),
                         help="one image per list and seed; seed S draws the samples.png of a run with --seed S")
@@ -26,6 +33,9 @@ def add_sample_list_arguments(parser: argparse.ArgumentParser) -> None:
                              "training run's --validation_guidance_scale; <= 1 turns guidance off)")  # fmt: skip
     parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS,
                         help=f"sampler steps (default {DEFAULT_INFERENCE_STEPS}, the pipeline's and samples.png's)")
+    if evaluator:
+        parser.add_argument("--evaluator_checkpoint", required=True, help="the evaluator's checkpoint.pth")
+    parser.add_argument("--output_json", type=Path, default=None, help="also write the measured rows to this file")
 
 
 def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,3 +47,16 @@ def check_pipelines(paths: Sequence[str]) -> None:
     """Raises a one-line error for the first path that is not a pipeline; reads model_index.json alone."""
     for path in paths:
         pipeline_vocabulary(path)
+
+
+Judge = Callable[[str, torch.nn.Module, Sequence[int], dict[str, Any]], dict[str, Any]]
+
+
+def judge_pipelines(args: argparse.Namespace, judge: Judge) -> list[dict[str, Any]]:
+    """`judge(path, evaluator, seeds, sampling)` for every --pipeline, with one-line errors; a wrong pipeline path is
+    refused before the evaluator loads."""
+    with one_line_errors():
+        check_pipelines(args.pipeline)  # before minutes of sampling
+        evaluator = load_evaluator(args.evaluator_checkpoint)
+        sampling = sampling_settings(args)
+        return [judge(path, evaluator, args.seeds, sampling) for path in args.pipeline]

@@ -36,11 +36,10 @@ from pipeline.vocabulary import DEFAULT_LABELS
 from training.cli import ArgumentParser, positive_int
 from training.data import resize_image
 from training.errors import one_line_errors
-from training.evaluation import image_generator
 from training.judge_ceiling import render_label_lists
 from training.object_count import count_objects, count_objects_by_colour
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import add_sample_list_arguments, check_pipelines, sampling_settings
+from training.sample_list_flags import add_sample_list_arguments, check_pipelines, draw_sample_lists, sampling_settings
 from training.sampling import VALIDATION_LABELS, validation_label_lists
 from training.synthetic_iclevr import render_scene, sample_scenes
 
@@ -81,8 +80,7 @@ def sample_list_counts(pipe: ICLEVRPipeline, seeds: list[int], sampling: dict[st
     lists = validation_label_lists(pipe.vocabulary)  # the lists train_conditional.py draws into samples.png
     right = np.zeros(len(lists), dtype=int)
     for seed in tqdm(seeds, desc="samples.png lists", leave=False):
-        images = pipe(lists, **sampling, output_type="np",
-                      generator=[image_generator(seed, index) for index in range(len(lists))]).images
+        images = draw_sample_lists(pipe, lists, seed, sampling)
         right += [count_objects_by_colour(image) == len(names) for image, names in zip(images, lists)]
     return {
         "lists": [", ".join(names) for names in lists],

@@ -28,11 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from training.cli import ArgumentParser
-from training.evaluation import image_generator
 from training.evaluator import classify
 from training.object_count import count_objects_by_colour
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import add_sample_list_arguments, judge_pipelines
+from training.sample_list_flags import add_sample_list_arguments, draw_sample_lists, judge_pipelines
 from training.sampling import validation_label_lists
 from training.shape_binding import drawn_with_its_shape, require_iclevr_labels
 
@@ -45,8 +44,7 @@ def samples_right(pipeline_path: str, evaluator: torch.nn.Module, seeds: Sequenc
     lists = validation_label_lists(pipe.vocabulary)
     right = {kind: np.zeros(len(lists), dtype=int) for kind in ("count", "shapes", "whole")}
     for seed in tqdm(seeds, desc="samples.png lists", leave=False):
-        images = pipe(lists, **sampling, output_type="np",
-                      generator=[image_generator(seed, index) for index in range(len(lists))]).images  # fmt: skip
+        images = draw_sample_lists(pipe, lists, seed, sampling)
         probs = classify(evaluator, torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0).tolist()
         for index, (image, row, names) in enumerate(zip(images, probs, lists)):
             count = count_objects_by_colour(image) == len(names)

@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS
+from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, ICLEVRPipeline
 from training.cli import positive_int
 from training.errors import one_line_errors
+from training.evaluation import image_generator
 from training.evaluator import load_evaluator
 from training.pipeline_loading import pipeline_vocabulary
 
@@ -41,6 +43,15 @@ def add_sample_list_arguments(parser: argparse.ArgumentParser, *, evaluator: boo
 def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline call arguments those flags set, as each benchmark passes them on and records them."""
     return {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
+
+
+def draw_sample_lists(
+    pipe: ICLEVRPipeline, lists: Sequence[Sequence[str]], seed: int, sampling: dict[str, Any]
+) -> np.ndarray:
+    """(len(lists), H, W, 3) float images in [0, 1], one per list, each with the generator samples.png gives it for
+    `seed`: the pictures of a run trained with --seed `seed`."""
+    generators = [image_generator(seed, index) for index in range(len(lists))]
+    return pipe(lists, **sampling, generator=generators, output_type="np").images
 
 
 def check_pipelines(paths: Sequence[str]) -> None:

@@ -112,16 +112,17 @@ GPU = Settings(
     bench_flags=["--steps", "20", "--warmup", "5"],
 )  # fmt: skip
 # The smoke run's throughput stage (time-boxed, its compiled modes last) is planned for a 2-core CPU beside another
-# busy process: there the whole smoke run took 203 s against 103 s idle; on a CPU without native bf16 or fp16 (where
-# those modes crawl) 129 s idle.
+# busy process. Idle on a 2-core CPU without native bf16 or fp16 (where those modes crawl) the whole smoke run takes
+# 73 s (138 s at 32x32 with 25-step validation grids).
 SMOKE = Settings(
     budget_seconds=600,
     plan={"install": 0, "environment": 10, "data": 20, "tests": 60, "throughput": 180, "sampling": 60,
           "fp16_resume": 120, "quality": 120},
     quality_minutes=0.05,
     render_scenes=12,
-    recipe_overrides=["--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "4",
-                      "--lr_warmup_steps", "0"],
+    # 16x16 and 2-step validation grids: the smoke checks that each stage runs, and its launches draw the grids twice
+    recipe_overrides=["--model_config_name_or_path", "tiny", "--resolution", "16", "--train_batch_size", "4",
+                      "--lr_warmup_steps", "0", "--validation_inference_steps", "2"],
     bench_flags=["--steps", "1", "--warmup", "1", "--compile_backend", "eager"],
     max_batch=8,
     samplers=[f"{DEFAULT_SAMPLER}:2", "ddpm:2"],  # fp16 and bf16 sampling crawl on a CPU without native support

@@ -399,7 +399,7 @@ def export(state: TrainingRun, validation: Validation, global_step: int) -> dict
                              images_per_update=state.images_per_update, num_images=state.train_set.num_images,
                              images_per_epoch=len(state.train_set), data=state.train_set.source)  # fmt: skip
     with accelerator.autocast():
-        final_images = validation.sample(pipeline)  # every process samples a share
+        final_images = validation.images_at(global_step, pipeline)  # the final validation's grid, not drawn again
     if not accelerator.is_main_process:
         return trained
     pipeline.save_pretrained(output_dir)

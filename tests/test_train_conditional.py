@@ -127,6 +127,42 @@ def test_zero_init_residual_reaches_the_trained_models_config(tiny_iclevr_dir, t
     assert weights["unet.conv_out.weight"].float().abs().max() < 1e-6
 
 
+def _count_validation_grids(monkeypatch) -> list[int]:
+    """Every grid of the validation lists drawn from here on appends its number of images."""
+    from training.validation import Validation
+
+    drawn, sample = [], Validation.sample
+    monkeypatch.setattr(Validation, "sample", lambda self, pipeline: drawn.append(len(self.label_lists)) or sample(
+        self, pipeline))  # fmt: skip
+    return drawn
+
+
+def _train_two_steps(data_dir: Path, output_dir: Path, *flags: str) -> None:
+    train_in_process("--train_data_dir", str(data_dir), "--output_dir", str(output_dir),
+                     "--model_config_name_or_path", "tiny", "--resolution", "16", "--train_batch_size", "4",
+                     "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "100",
+                     "--validation_inference_steps", "1", "--use_ema", "--report_to", "none", *flags)  # fmt: skip
+
+
+def test_samples_png_is_the_final_validation_grid_drawn_once(tiny_iclevr_dir, tmp_path, monkeypatch):
+    drawn = _count_validation_grids(monkeypatch)
+    _train_two_steps(tiny_iclevr_dir, tmp_path)
+
+    assert drawn == [8]  # the final validation's grid; the export saves it instead of drawing it again
+    assert (tmp_path / "samples.png").read_bytes() == (tmp_path / "validation" / "step-000002.png").read_bytes()
+
+
+def test_a_run_resumed_from_its_final_checkpoint_still_draws_samples_png(tiny_iclevr_dir, tmp_path, monkeypatch):
+    _train_two_steps(tiny_iclevr_dir, tmp_path / "first")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "first" / "checkpoint-2", resumed / "checkpoint-2")
+    drawn = _count_validation_grids(monkeypatch)
+    _train_two_steps(tiny_iclevr_dir, resumed, "--resume_from_checkpoint", "latest")
+
+    assert drawn == [8] and not (resumed / "validation").exists()  # no step trained, so no validation ran
+    assert (resumed / "samples.png").read_bytes() == (tmp_path / "first" / "samples.png").read_bytes()
+
+
 def _one_bf16_step(data_dir: Path, output_dir: Path) -> tuple[dict, dict]:
     train_in_process("--train_data_dir", str(data_dir), "--output_dir", str(output_dir),
                      "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", "8",

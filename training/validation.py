@@ -50,6 +50,7 @@ class Validation:
         self.evaluation = evaluation
         self.label_lists = validation_label_lists(vocabulary)
         self.captions = [", ".join(names) for names in self.label_lists]
+        self.last_grid: tuple[int, list[Image.Image]] | None = None  # (step, images) of the latest validation
 
     def sample(self, pipeline: ICLEVRPipeline) -> list[Image.Image]:
         """One image per validation list; every process gets all of them, in list order.
@@ -70,6 +71,13 @@ class Validation:
         gathered = gather_object(list(zip(indices, images)))
         return [image for _, image in sorted(gathered, key=lambda pair: pair[0])]
 
+    def images_at(self, step: int, pipeline: ICLEVRPipeline) -> list[Image.Image]:
+        """The grid of the weights at `step`: the validation's own if it ran at that step (the same weights,
+        generators and settings draw the same images), else sampled now (a run resumed from its final checkpoint)."""
+        if self.last_grid is not None and self.last_grid[0] == step:
+            return self.last_grid[1]
+        return self.sample(pipeline)
+
     def __call__(self, model: torch.nn.Module, ema: EMAModel | None, step: int) -> None:
         # The plain module: a compiled one would recompile for sampling's batch shapes and eval mode.
         sampling_model = self.accelerator.unwrap_model(model, keep_torch_compile=False)
@@ -84,6 +92,7 @@ class Validation:
                 )
             images = self.sample(pipeline)
             sampling_model.train()
+        self.last_grid = (step, images)
         if self.accelerator.is_main_process:
             (self.output_dir / "validation").mkdir(parents=True, exist_ok=True)
             image_grid(images).save(self.output_dir / "validation" / f"step-{step:06d}.png")

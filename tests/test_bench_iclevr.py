@@ -17,7 +17,7 @@ from training.bf16_support import cpu_has_native_bf16
 EVAL_DTYPE = "bf16" if cpu_has_native_bf16() else "fp32"
 TINY_BUDGET = [
     "--num_scenes", "12", "--evaluator_epochs", "1", "--evaluator_scenes", "24", "--evaluator_validation_scenes", "8",
-    "--model_config_name_or_path", "tiny", "--train_batch_size", "4", "--max_train_steps", "2",
+    "--model_config_name_or_path", "tiny", "--resolution", "16", "--train_batch_size", "4", "--max_train_steps", "2",
     "--lr_warmup_steps", "0", "--checkpointing_steps", "1", "--samplers", "ddim:2", "--seeds", "0", "1",
 ]  # fmt: skip
 

@@ -52,11 +52,12 @@ def test_the_counted_lists_are_the_images_of_samples_png_for_that_seed(tiny_pipe
     bench = import_script("bench_object_count", "benchmarks")
     counted = []
     monkeypatch.setattr(bench, "count_objects_by_colour", lambda image: counted.append(image) or 0)
-    bench.main(["--pipeline", str(tiny_pipeline_dir), "--seeds", "3", "--calibration_scenes", "1",
-                "--calibration_renders_per_list", "1"])  # fmt: skip
+    bench.main(["--pipeline", str(tiny_pipeline_dir), "--seeds", "3", "--num_inference_steps", "2",
+                "--calibration_scenes", "1", "--calibration_renders_per_list", "1"])  # fmt: skip
     pipe = load_pipeline(str(tiny_pipeline_dir))
+    # a training run with --seed 3 --validation_inference_steps 2 and the default --validation_guidance_scale
     validation = Validation(Accelerator(cpu=True), DDPMScheduler(), pipe.vocabulary, tmp_path,
-                            num_inference_steps=25, guidance_scale=4.0, seed=3)  # train_conditional's defaults
+                            num_inference_steps=2, guidance_scale=4.0, seed=3)
     samples = validation.sample(pipe)
     assert len(samples) == 8
     for image, sample in zip(counted, samples):  # the first 8 counted are the seed's images, then the renders

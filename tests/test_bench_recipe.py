@@ -18,7 +18,7 @@ def bench(tiny_iclevr_dir, shared_iclevr, tmp_path_factory):
     argv = ["--work_dir", str(root / "work"), "--evaluator_checkpoint", str(root / "evaluator.pth"),
             "--variants", "epsilon", "v-min-snr-adagn", "--minutes", "0.03", "--points", "2", "--seeds", "0",
             "--validation_inference_steps", "2", "--calibration_seconds", "1", "--model_config_name_or_path", "tiny",
-            "--train_data_dir", str(tiny_iclevr_dir)]  # fmt: skip
+            "--resolution", "16", "--train_data_dir", str(tiny_iclevr_dir)]  # fmt: skip
     module = import_script("bench_recipe", "benchmarks")
     module.main(argv)
     return module, argv, root / "work"

@@ -132,8 +132,12 @@ def _count_validation_grids(monkeypatch) -> list[int]:
     from training.validation import Validation
 
     drawn, sample = [], Validation.sample
-    monkeypatch.setattr(Validation, "sample", lambda self, pipeline: drawn.append(len(self.label_lists)) or sample(
-        self, pipeline))  # fmt: skip
+
+    def counted(self, pipeline):
+        drawn.append(len(self.label_lists))
+        return sample(self, pipeline)
+
+    monkeypatch.setattr(Validation, "sample", counted)
     return drawn
 
 

@@ -19,19 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout; no install step
 
-import argparse
-import json
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from training.cli import ArgumentParser
 from training.evaluator import classify
 from training.object_count import count_objects_by_colour
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import add_sample_list_arguments, draw_sample_lists, judge_pipelines
+from training.sample_list_flags import draw_sample_lists, judge_main
 from training.sampling import validation_label_lists
 from training.shape_binding import drawn_with_its_shape, require_iclevr_labels
 
@@ -69,18 +66,8 @@ def print_table(rows: list[dict]) -> None:
               f"| {' | '.join(cells)} | {per_list} |")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.split("\n")[0])
-    add_sample_list_arguments(parser, evaluator=True)
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    rows = judge_pipelines(args, samples_right)
-    print_table(rows)
-    if args.output_json:
-        args.output_json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    judge_main(argv, description=__doc__.split("\n")[0], judge=samples_right, print_table=print_table)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,6 @@ def test_a_missing_pipeline_is_refused_before_the_evaluator_loads_or_any_samplin
 
 def test_a_misspelt_flag_names_the_closest_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(["--pipeline", "p", "--evaluator_checkpoint", "e", "--guidance_sacle", "2"])
+        bench.main(["--pipeline", "p", "--evaluator_checkpoint", "e", "--guidance_sacle", "2"])
     assert exit_info.value.code == 1
     assert "did you mean --guidance_scale?" in capsys.readouterr().err

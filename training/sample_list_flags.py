@@ -1,4 +1,4 @@
-"""The flags, the up-front check and the loop that the benchmarks redrawing samples.png's label lists share.
+"""Flags, up-front check, loop and command line shared by the benchmarks that redraw samples.png's label lists.
 
 bench_object_count.py, bench_shape_binding.py and bench_samples_right.py draw the same images (each list with its own
 generator per seed, as the training script's samples.png does) from one or more pipelines; all take the same flags
@@ -9,6 +9,7 @@ every pipeline.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, DEFAULT_INFERENCE_STEPS, ICLEVRPipeline
-from training.cli import positive_int
+from training.cli import ArgumentParser, positive_int
 from training.errors import one_line_errors
 from training.evaluation import image_generator
 from training.evaluator import load_evaluator
@@ -71,3 +72,17 @@ def judge_pipelines(args: argparse.Namespace, judge: Judge) -> list[dict[str, An
         evaluator = load_evaluator(args.evaluator_checkpoint)
         sampling = sampling_settings(args)
         return [judge(path, evaluator, args.seeds, sampling) for path in args.pipeline]
+
+
+def judge_main(
+    argv: Sequence[str] | None, *, description: str, judge: Judge, print_table: Callable[[list[dict[str, Any]]], None]
+) -> None:
+    """The command line of a benchmark that asks the evaluator about samples.png's lists: the shared flags, `judge`
+    for every --pipeline, the benchmark's table, and the rows in --output_json when asked."""
+    parser = ArgumentParser(description=description)
+    add_sample_list_arguments(parser, evaluator=True)
+    args = parser.parse_args(argv)
+    rows = judge_pipelines(args, judge)
+    print_table(rows)
+    if args.output_json:
+        args.output_json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")

@@ -64,7 +64,7 @@ VARIANTS: dict[str, dict] = {
                   "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]},
         "learning_rate": 1e-3,
     },
-    # the cpu preset with 3x the parameters (4.5 M -> 13 M) where they are cheap, at 8x8 and 4x4: capacity for
+    # the cpu preset with ~2.6x the parameters (5.8 M -> 14.9 M) where they are cheap, at 8x8 and 4x4: capacity for
     # binding colour to shape, at ~65 % of the base's step rate on 2 cores
     "v-min-snr-adagn-lr1e-3-wide": {
         "model": {"resnet_time_scale_shift": "scale_shift", "block_out_channels": [32, 64, 192, 256]},

@@ -54,12 +54,20 @@ class ConditionalUNet2DModel(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         label_embedding_norm: float | None = None,
         zero_init_residual: bool = False,
+        time_embedding_dim: int | None = None,
     ):
         super().__init__()
         if label_embedding_norm is not None and not label_embedding_norm > 0:
             raise ValueError(
                 f"label_embedding_norm must be a positive number (the norm each label's embedding starts at) or "
                 f"null (nn.Linear's own initialisation), got {label_embedding_norm!r}"
+            )
+        if time_embedding_dim is not None and (
+            isinstance(time_embedding_dim, bool) or not isinstance(time_embedding_dim, int) or time_embedding_dim < 1
+        ):
+            raise ValueError(
+                f"time_embedding_dim must be a positive integer (the width of the timestep and label embedding) or "
+                f"null (4 x block_out_channels[0], as UNet2DModel sets it), got {time_embedding_dim!r}"
             )
         self.unet = UNet2DModel(
             sample_size=sample_size,
@@ -74,16 +82,19 @@ class ConditionalUNet2DModel(ModelMixin, ConfigMixin):
             norm_num_groups=norm_num_groups,
             resnet_time_scale_shift=resnet_time_scale_shift,
             dropout=dropout,
+            # The labels reach every ResNet block only through this embedding (a SiLU, then the block's own linear
+            # map to its scale and shift), so its width bounds what each block can be told about a label list.
+            time_embedding_dim=time_embedding_dim,
             # "identity": UNet2DModel adds class_labels, as given, to the timestep embedding.
             class_embed_type="identity",
         )
         # UNet2DModel's time-embedding width for positional timestep embeddings.
-        time_embed_dim = block_out_channels[0] * 4
+        time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
         self.label_projection = nn.Linear(num_labels, time_embed_dim)
         if label_embedding_norm is not None:
-            # nn.Linear's default (None) gives each label's embedding a norm of ~1.3 at width 128, while the
-            # timestep embedding grows to 4-10 in training and Adam barely grows the projection: the labels stay a
-            # faint signal for thousands of steps. A larger starting norm steers from the first step (README:
+            # nn.Linear's default (None) gives each label's embedding a norm of ~1.3 at width 128 (~2.7 at 512),
+            # while the timestep embedding grows to 4-10 in training and Adam barely grows the projection: the labels
+            # stay a faint signal for thousands of steps. A larger starting norm steers from the first step (README:
             # Object counts; not the default: after an hour of training it scores 4-5 points less than None).
             nn.init.normal_(self.label_projection.weight)
             with torch.no_grad():

@@ -121,6 +121,59 @@ def test_a_non_positive_label_embedding_norm_is_a_one_line_error(tmp_path):
         create_model(str(path), sample_size=32)
 
 
+def test_time_embedding_dim_sets_the_width_of_the_timestep_and_label_embedding(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**PRESETS["tiny"], "time_embedding_dim": 96}))
+    torch.manual_seed(0)
+    model = create_model(str(path), sample_size=SIZE)
+    assert model.unet.time_embedding.linear_2.out_features == 96
+    assert model.label_projection.out_features == 96
+    # Every ResNet block maps the 96-wide embedding to its own scale and shift.
+    assert {block.time_emb_proj.in_features for block in _resnet_blocks(model)} == {96}
+    sample, timestep = _inputs()
+    with torch.no_grad():
+        assert model(sample, timestep, _labels([0], [1])).sample.shape == sample.shape
+
+
+def test_a_model_with_a_wider_time_embedding_saves_and_loads_with_it(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**PRESETS["tiny"], "time_embedding_dim": 96}))
+    model = create_model(str(path), sample_size=SIZE).eval()
+    model.save_pretrained(tmp_path / "saved")
+    loaded = ConditionalUNet2DModel.from_pretrained(tmp_path / "saved").eval()
+    assert loaded.config.time_embedding_dim == 96 and loaded.label_projection.out_features == 96
+    sample, timestep = _inputs()
+    with torch.no_grad():
+        labels = _labels([3], [4])
+        assert torch.equal(loaded(sample, timestep, labels).sample, model(sample, timestep, labels).sample)
+
+
+def test_by_default_the_time_embedding_is_four_times_the_first_levels_channels():
+    model = create_model("tiny", sample_size=SIZE)
+    assert model.label_projection.out_features == 4 * PRESETS["tiny"]["block_out_channels"][0]
+
+
+def test_the_cpu_preset_embeds_timesteps_and_labels_as_wide_as_the_gpu_preset():
+    with init_empty_weights():
+        cpu = ConditionalUNet2DModel(**load_model_config("cpu", sample_size=32))
+        gpu = ConditionalUNet2DModel(**load_model_config("gpu", sample_size=64))
+    assert cpu.label_projection.out_features == gpu.label_projection.out_features == 512
+
+
+@pytest.mark.parametrize("width", [0, -128, 12.5, True])
+def test_a_time_embedding_dim_that_is_not_a_positive_integer_is_a_one_line_error(tmp_path, width):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**PRESETS["tiny"], "time_embedding_dim": width}))
+    with pytest.raises(ValueError, match=r"time_embedding_dim must be a positive integer .* got "):
+        create_model(str(path), sample_size=SIZE)
+
+
+def _resnet_blocks(model: ConditionalUNet2DModel) -> list[torch.nn.Module]:
+    from diffusers.models.resnet import ResnetBlock2D
+
+    return [m for m in model.modules() if isinstance(m, ResnetBlock2D)]
+
+
 def _residual_branch_ends(model: ConditionalUNet2DModel) -> list[torch.nn.Module]:
     from diffusers.models.attention_processor import Attention
     from diffusers.models.resnet import ResnetBlock2D

@@ -44,6 +44,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attention_head_dim": 32,
         "norm_num_groups": 16,
         "resnet_time_scale_shift": "scale_shift",
+        # The labels reach every block through the timestep embedding, which 4 x 32 channels would make 128 wide; at
+        # the gpu preset's 512 the quick start scores 5.1 / 4.0 points more on test / new_test (three training seeds;
+        # README: What the quick start gives).
+        "time_embedding_dim": 512,
     },
     # Near the reference seeds' scale (~65 M parameters); attention at 16x16 and 8x8 for 64x64 input.
     "gpu": {

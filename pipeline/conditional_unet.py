@@ -88,9 +88,8 @@ class ConditionalUNet2DModel(ModelMixin, ConfigMixin):
             # "identity": UNet2DModel adds class_labels, as given, to the timestep embedding.
             class_embed_type="identity",
         )
-        # UNet2DModel's time-embedding width for positional timestep embeddings.
-        time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
-        self.label_projection = nn.Linear(num_labels, time_embed_dim)
+        # The labels are added to the timestep embedding, so they take the width UNet2DModel gave it.
+        self.label_projection = nn.Linear(num_labels, self.unet.time_embedding.linear_2.out_features)
         if label_embedding_norm is not None:
             # nn.Linear's default (None) gives each label's embedding a norm of ~1.3 at width 128 (~2.7 at 512),
             # while the timestep embedding grows to 4-10 in training and Adam barely grows the projection: the labels

@@ -176,9 +176,8 @@ def _resnet_blocks(model: ConditionalUNet2DModel) -> list[torch.nn.Module]:
 
 def _residual_branch_ends(model: ConditionalUNet2DModel) -> list[torch.nn.Module]:
     from diffusers.models.attention_processor import Attention
-    from diffusers.models.resnet import ResnetBlock2D
 
-    ends = [m.conv2 for m in model.modules() if isinstance(m, ResnetBlock2D)]
+    ends = [block.conv2 for block in _resnet_blocks(model)]
     ends += [m.to_out[0] for m in model.modules() if isinstance(m, Attention)]
     return ends + [model.unet.conv_out]
 

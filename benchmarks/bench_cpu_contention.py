@@ -50,7 +50,7 @@ def measure(args: argparse.Namespace) -> None:
 
     from training.cpu_threads import CpuThreads
     from training.model_presets import create_model
-    from training.objective import diffusion_loss
+    from training.objective import DEFAULT_LABEL_DROPOUT, diffusion_loss
 
     policy = CpuThreads(AUTO if args.threads == AUTO else int(args.threads))
     model = create_model(args.model_config_name_or_path, sample_size=args.resolution)
@@ -62,7 +62,8 @@ def measure(args: argparse.Namespace) -> None:
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16"):
-            loss = diffusion_loss(model, scheduler, images, labels, label_dropout=0.1, generator=generator)
+            loss = diffusion_loss(model, scheduler, images, labels, label_dropout=DEFAULT_LABEL_DROPOUT,
+                                  generator=generator)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -37,11 +37,12 @@ import torch
 
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.checkpointing import list_checkpoints
-from training.cli import positive_float_or_none, positive_int
+from training.cli import positive_float_or_none, positive_int, probability
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
 from training.evaluator import EVALUATOR_EPOCHS, EVALUATOR_SYNTHETIC_SCENES, EVALUATOR_VALIDATION_SCENES
 from training.inference import resolve_device, resolve_dtype
 from training.model_presets import PRESETS, load_model_config
+from training.objective import DEFAULT_LABEL_DROPOUT
 from training.precision import training_mixed_precision
 from training.samplers import DEFAULT_SAMPLER, SamplerError, parse_sampler
 
@@ -53,9 +54,9 @@ TIMINGS_FILE = "timings.json"
 LOG_TAIL_LINES = 15
 ERROR_LINE = re.compile(r"^(error: |[\w.]*(Error|Exception): )")
 # The diffusion-model flags a cached model must have been trained with (names as in train_conditional.py).
-MODEL_FLAGS = ("model_config_name_or_path", "label_embedding_norm", "zero_init_residual", "resolution",
-               "train_batch_size", "max_train_steps", "learning_rate", "lr_warmup_steps", "mixed_precision", "use_ema",
-               "seed")
+MODEL_FLAGS = ("model_config_name_or_path", "label_embedding_norm", "zero_init_residual", "label_dropout",
+               "resolution", "train_batch_size", "max_train_steps", "learning_rate", "lr_warmup_steps",
+               "mixed_precision", "use_ema", "seed")
 
 
 class StageError(RuntimeError):
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--zero_init_residual", action=argparse.BooleanOptionalAction, default=True,
                        help="As train_conditional.py's flag (on: the quick start's); --no-zero_init_residual leaves "
                             "diffusers' initialisation.")
+    model.add_argument("--label_dropout", type=probability, default=DEFAULT_LABEL_DROPOUT,
+                       help=f"As train_conditional.py's flag (its default {DEFAULT_LABEL_DROPOUT:g}).")
     model.add_argument("--resolution", type=positive_int, default=32)
     model.add_argument("--train_batch_size", type=positive_int, default=32)
     model.add_argument("--max_train_steps", type=positive_int, default=2200)  # the README quick start's
@@ -295,6 +298,7 @@ def model_stage(bench: Bench, train_data_dir: Path) -> Path:
             "--model_config_name_or_path", args.model_config_name_or_path,
             *(["--label_embedding_norm", str(args.label_embedding_norm)] if args.label_embedding_norm else []),
             *(["--zero_init_residual"] if args.zero_init_residual else []),
+            "--label_dropout", str(args.label_dropout),
             "--resolution", str(args.resolution),
             "--train_batch_size", str(args.train_batch_size),
             "--max_train_steps", str(args.max_train_steps),
@@ -435,6 +439,7 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
     norm = args.label_embedding_norm
     label_norm = f" with label embeddings starting at norm {norm:g}" if norm else ""
     label_norm += ", residual branches starting at zero" if args.zero_init_residual else ""
+    label_norm += f", label dropout {args.label_dropout:g}"
     lines = [
         "## Synthetic i-CLEVR benchmark",
         "",

@@ -133,7 +133,7 @@ def calibrate(name: str, args: argparse.Namespace) -> float:
 
     from training.cpu_threads import CpuThreads
     from training.model_presets import create_model
-    from training.objective import diffusion_loss, timestep_weights
+    from training.objective import DEFAULT_LABEL_DROPOUT, diffusion_loss, timestep_weights
     from training.precision import training_mixed_precision
 
     flags = variant_flags(name, args)
@@ -152,8 +152,9 @@ def calibrate(name: str, args: argparse.Namespace) -> float:
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion_loss(model, scheduler, images, labels, label_dropout=0.1, generator=generator,
-                                  snr_gamma=flags["snr_gamma"], timestep_probabilities=probabilities)
+            loss = diffusion_loss(model, scheduler, images, labels, label_dropout=DEFAULT_LABEL_DROPOUT,
+                                  generator=generator, snr_gamma=flags["snr_gamma"],
+                                  timestep_probabilities=probabilities)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Subset
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.data import load_train_dataset, load_training_set
 from training.model_presets import create_model
-from training.objective import batch_generator, diffusion_loss
+from training.objective import DEFAULT_LABEL_DROPOUT, batch_generator, diffusion_loss
 from training.precision import apply_memory_format, enable_tf32
 from training.samplers import set_sampler
 from training.sampling import build_pipeline, validation_label_lists
@@ -120,8 +120,8 @@ def train_images_per_second(model, batches: Iterable[dict], device, mode: Mode, 
         batch = next(batches)
         pixels = batch["pixel_values"].to(device).contiguous(memory_format=memory_format)
         with autocast:
-            loss = diffusion_loss(forward, scheduler, pixels, batch["class_labels"].to(device), label_dropout=0.1,
-                                  generator=batch_generator(0, 0, step, 0, device))
+            loss = diffusion_loss(forward, scheduler, pixels, batch["class_labels"].to(device),
+                                  label_dropout=DEFAULT_LABEL_DROPOUT, generator=batch_generator(0, 0, step, 0, device))
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

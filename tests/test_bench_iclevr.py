@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO_ROOT
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.bf16_support import cpu_has_native_bf16
+from training.objective import DEFAULT_LABEL_DROPOUT
 
 # The default --eval_dtype bf16 as it samples here: fp32 on a CPU without native bfloat16.
 EVAL_DTYPE = "bf16" if cpu_has_native_bf16() else "fp32"
@@ -69,6 +70,13 @@ def test_the_model_starts_its_residual_branches_at_zero_as_the_quick_start_does(
     assert "residual branches starting at zero" in (bench_dir / "results.md").read_text()
 
 
+def test_the_model_trains_with_the_training_scripts_label_dropout(bench_dir):
+    training_args = json.loads((bench_dir / "model" / "training_args.json").read_text())
+    assert training_args["label_dropout"] == DEFAULT_LABEL_DROPOUT
+    assert json.loads((bench_dir / "results.json").read_text())["budget"]["label_dropout"] == DEFAULT_LABEL_DROPOUT
+    assert f"label dropout {DEFAULT_LABEL_DROPOUT:g}" in (bench_dir / "results.md").read_text()
+
+
 def test_a_second_run_reuses_the_evaluator_the_model_and_every_report(bench_dir):
     logs = sorted((bench_dir / "logs").glob("*.log"))
     before = {log.name: launches(log) for log in logs}
@@ -102,8 +110,9 @@ def test_reports_made_with_another_unet_precision_are_refused(bench_dir):
     assert error.startswith("error: ") and f"--eval_dtype {EVAL_DTYPE}" in error and "delete" in error
 
 
-def test_a_changed_training_budget_is_refused_instead_of_reusing_the_model(bench_dir):
-    result = run_bench(bench_dir, "--max_train_steps", "3")
+@pytest.mark.parametrize(("flag", "value"), [("--max_train_steps", "3"), ("--label_dropout", "0.2")])
+def test_a_changed_training_budget_is_refused_instead_of_reusing_the_model(bench_dir, flag, value):
+    result = run_bench(bench_dir, flag, value)
     assert result.returncode != 0
     error = result.stderr.strip().splitlines()[-1]
-    assert "max_train_steps" in error and "new --work_dir" in error
+    assert flag.removeprefix("--") in error and "new --work_dir" in error

@@ -45,19 +45,35 @@ def test_later_bias_draws_the_noisiest_timesteps_that_much_more_often():
                          torch.tensor(200 / 1100))
 
 
+class _Recorder(torch.nn.Module):
+    """A stand-in UNet that keeps the timesteps and labels the loss gives it."""
+
+    def __init__(self):
+        super().__init__()
+        self.timesteps, self.class_labels = [], []
+
+    def forward(self, sample, timestep, class_labels):
+        self.timesteps.append(timestep)
+        self.class_labels.append(class_labels)
+        return type("Out", (), {"sample": torch.zeros_like(sample)})()
+
+
 def test_the_loss_draws_timesteps_from_the_given_probabilities():
-    seen = []
-
-    class Recorder(torch.nn.Module):
-        def forward(self, sample, timestep, class_labels):
-            seen.append(timestep)
-            return type("Out", (), {"sample": torch.zeros_like(sample)})()
-
+    recorder = _Recorder()
     probabilities = timestep_weights(1000, "range", multiplier=1e9, begin=900, end=1000)
     for seed in range(20):
-        diffusion_loss(Recorder(), _scheduler(), torch.zeros(16, 3, 4, 4), torch.zeros(16, 24), label_dropout=0.1,
+        diffusion_loss(recorder, _scheduler(), torch.zeros(16, 3, 4, 4), torch.zeros(16, 24), label_dropout=0.1,
                        generator=torch.Generator().manual_seed(seed), timestep_probabilities=probabilities)
-    assert torch.cat(seen).min() >= 900
+    assert torch.cat(recorder.timesteps).min() >= 900
+
+
+def test_by_default_one_training_image_in_twenty_gets_the_unconditional_all_zero_labels():
+    recorder = _Recorder()
+    for seed in range(50):
+        diffusion_loss(recorder, _scheduler(), torch.zeros(128, 3, 4, 4), torch.ones(128, 24),
+                       label_dropout=parse_args([]).label_dropout, generator=torch.Generator().manual_seed(seed))
+    unconditional = (torch.cat(recorder.class_labels).sum(dim=1) == 0).float().mean().item()
+    assert unconditional == pytest.approx(0.05, abs=0.01)  # 6400 draws: 0.1 would be 18 standard deviations away
 
 
 def test_min_snr_weighting_changes_the_loss_of_the_same_draws():

@@ -21,7 +21,7 @@ from training.cli import (
 )
 from training.cpu_threads import add_cpu_threads_argument
 from training.hub import HubError, check_repo_id
-from training.objective import PREDICTION_TYPES, TIMESTEP_BIAS_STRATEGIES
+from training.objective import DEFAULT_LABEL_DROPOUT, PREDICTION_TYPES, TIMESTEP_BIAS_STRATEGIES
 from training.tracking import uses_wandb
 
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
@@ -56,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     # A ten-minute run learns counting and labels sooner with 8, an hour-long one scores higher without (README).
     model.add_argument("--label_embedding_norm", type=positive_float, default=None,
                        help="Start each label's embedding (a column of the linear label projection) at this norm "
-                            "instead of the model config's (the presets keep nn.Linear's, ~1.3 at the cpu preset).")
+                            "instead of the model config's (the presets keep nn.Linear's, ~2.7 at the cpu preset).")
     model.add_argument("--zero_init_residual", action="store_true",
                        help="Start every ResNet block's last convolution, every attention output and the output "
                             "convolution at zero, as ADM does (or set the model config's zero_init_residual).")
-    model.add_argument("--label_dropout", type=probability, default=0.1,
+    model.add_argument("--label_dropout", type=probability, default=DEFAULT_LABEL_DROPOUT,
                        help="Probability of training on the all-zero (unconditional) label vector, for guidance.")
     model.add_argument("--num_train_timesteps", type=positive_int, default=1000)
     model.add_argument("--beta_schedule", choices=("linear", "squaredcos_cap_v2"), default="squaredcos_cap_v2")

@@ -437,15 +437,15 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
     spent = (f"{model_time['seconds'] / 60:.1f} min wall time" + (f" over {model_time['runs']} runs (resumed)"
              if model_time["runs"] > 1 else "")) if model_time else "wall time not recorded"
     norm = args.label_embedding_norm
-    label_norm = f" with label embeddings starting at norm {norm:g}" if norm else ""
-    label_norm += ", residual branches starting at zero" if args.zero_init_residual else ""
-    label_norm += f", label dropout {args.label_dropout:g}"
+    model_settings = f" with label embeddings starting at norm {norm:g}" if norm else ""
+    model_settings += ", residual branches starting at zero" if args.zero_init_residual else ""
+    model_settings += f", label dropout {args.label_dropout:g}"
     lines = [
         "## Synthetic i-CLEVR benchmark",
         "",
         f"- Command: `{command}`",
         f"- Machine: {hardware}",
-        f"- Diffusion model: preset `{args.model_config_name_or_path}`{label_norm}, "
+        f"- Diffusion model: preset `{args.model_config_name_or_path}`{model_settings}, "
         f"{args.resolution}x{args.resolution}, "
         f"{args.max_train_steps} steps x batch {args.train_batch_size} (lr {args.learning_rate:g}, warm-up "
         f"{args.lr_warmup_steps}, {args.mixed_precision}{', EMA' if args.use_ema else ''}) on {3 * args.num_scenes} "

@@ -68,10 +68,10 @@ def test_the_loss_draws_timesteps_from_the_given_probabilities():
 
 
 def test_by_default_one_training_image_in_twenty_gets_the_unconditional_all_zero_labels():
-    recorder = _Recorder()
+    recorder, label_dropout = _Recorder(), parse_args([]).label_dropout
     for seed in range(50):
         diffusion_loss(recorder, _scheduler(), torch.zeros(128, 3, 4, 4), torch.ones(128, 24),
-                       label_dropout=parse_args([]).label_dropout, generator=torch.Generator().manual_seed(seed))
+                       label_dropout=label_dropout, generator=torch.Generator().manual_seed(seed))
     unconditional = (torch.cat(recorder.class_labels).sum(dim=1) == 0).float().mean().item()
     assert unconditional == pytest.approx(0.05, abs=0.01)  # 6400 draws: 0.1 would be 18 standard deviations away
 

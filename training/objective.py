@@ -17,7 +17,7 @@ from training.seeding import derived_generator
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_BIAS_STRATEGIES = ("none", "later", "earlier", "range")
 # How often a training image gets the all-zero (unconditional) label vector. Half the usual 0.1: the quick start
-# scored higher over five training seeds, the hour command the same (README: Label dropout).
+# scored higher over five training seeds, the hour command the same (README: What the quick start gives).
 DEFAULT_LABEL_DROPOUT = 0.05
 
 

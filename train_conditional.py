@@ -362,6 +362,7 @@ def accumulate(
             label_dropout=args.label_dropout,
             generator=generator,
             snr_gamma=args.snr_gamma,
+            snr_offset=args.snr_offset,
             timestep_probabilities=state.timestep_probabilities,
         )
         step_loss += loss.detach() / args.gradient_accumulation_steps

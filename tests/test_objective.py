@@ -1,16 +1,18 @@
 """The training objective: targets per prediction type, Min-SNR weights, biased timestep draws, and the flags."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
+from safetensors.torch import load_file
 
 from training.args import parse_args
 from training.model_presets import create_model
 from training.objective import diffusion_loss, min_snr_weights, timestep_weights, training_target
-from training_runs import launch_training
+from training_runs import launch_training, train_in_process
 
 
 def _scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
@@ -35,6 +37,22 @@ def test_min_snr_gives_every_timestep_an_x0_weight_of_min_snr_gamma(prediction_t
     # An error e in x0 is an error of e*sqrt(snr) in epsilon and e*sqrt(snr + 1) in v.
     to_x0 = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
     assert torch.allclose(min_snr_weights(scheduler, t, 5.0) * to_x0, snr.clamp(max=5.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_an_snr_offset_gives_every_timestep_an_x0_weight_of_min_snr_plus_offset_gamma(prediction_type):
+    scheduler, t = _scheduler(prediction_type), torch.arange(0, 1000, 37)
+    snr = compute_snr(scheduler, t)
+    to_x0 = {"v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
+    weights = min_snr_weights(scheduler, t, 5.0, snr_offset=0.5)
+    assert torch.allclose(weights * to_x0, (snr + 0.5).clamp(max=5.0), rtol=1e-5)
+
+
+def test_an_snr_offset_keeps_that_share_of_the_plain_v_loss_on_the_noisiest_steps_and_damps_the_least_noisy_alike():
+    scheduler, t = _scheduler("v_prediction"), torch.tensor([0, 100, 500, 900, 999])
+    offset, paper = min_snr_weights(scheduler, t, 5.0, snr_offset=0.5), min_snr_weights(scheduler, t, 5.0)
+    assert offset[-1] == pytest.approx(0.5) and paper[-1] < 1e-6  # the last timestep: SNR ~2e-9
+    assert torch.allclose(offset[:2], paper[:2])  # SNR above gamma: both clamp at gamma
 
 
 def test_later_bias_draws_the_noisiest_timesteps_that_much_more_often():
@@ -80,12 +98,14 @@ def test_min_snr_weighting_changes_the_loss_of_the_same_draws():
     model = create_model("tiny", sample_size=8)
     x0, labels = torch.rand(4, 3, 8, 8) * 2 - 1, torch.zeros(4, 24)
 
-    def loss(**weighting) -> float:
-        return diffusion_loss(model, _scheduler(), x0, labels, label_dropout=0.0,
+    def loss(prediction_type: str = "epsilon", **weighting) -> float:
+        return diffusion_loss(model, _scheduler(prediction_type), x0, labels, label_dropout=0.0,
                               generator=torch.Generator().manual_seed(0), **weighting).item()
 
     assert loss() == loss()  # the same draws
     assert loss(snr_gamma=5.0) != pytest.approx(loss())
+    v_paper = loss("v_prediction", snr_gamma=5.0)
+    assert loss("v_prediction", snr_gamma=5.0, snr_offset=0.5) != pytest.approx(v_paper)
 
 
 @pytest.mark.parametrize(
@@ -93,6 +113,9 @@ def test_min_snr_weighting_changes_the_loss_of_the_same_draws():
     [
         (["--prediction_type", "v"], "invalid choice: 'v'"),
         (["--snr_gamma", "0"], "must be a positive number or 'none'"),
+        (["--snr_offset", "-1"], "--snr_offset: must be 0 or more"),
+        (["--snr_offset", "0.5", "--snr_gamma", "none"], "takes effect with a Min-SNR --snr_gamma"),
+        (["--snr_offset", "0.5", "--prediction_type", "epsilon"], "needs --prediction_type v_prediction"),
         (["--timestep_bias_multiplier", "-1"], "--timestep_bias_multiplier: must be a positive number"),
         (["--timestep_bias_strategy", "range", "--timestep_bias_begin", "500", "--timestep_bias_end", "100"],
          "0 <= begin < end"),
@@ -130,3 +153,22 @@ def test_by_default_the_saved_scheduler_and_every_sampler_built_from_it_predict_
         assert pipeline.scheduler.config.prediction_type == "v_prediction", name
     training_args = json.loads((v_prediction_run / "training_args.json").read_text())
     assert training_args["snr_gamma"] == 5.0 and training_args["timestep_bias_strategy"] == "later"
+
+
+def _tiny_run(tiny_iclevr_dir: Path, output_dir: Path, *flags: str) -> dict[str, torch.Tensor]:
+    """Two steps of the tiny model from the same seed and batches; the trained (not EMA) weights."""
+    train_in_process(
+        "--model_config_name_or_path", "tiny", "--resolution", "8", "--train_batch_size", "4", "--lr_warmup_steps",
+        "0", "--max_train_steps", "2", "--validation_steps", "100", "--validation_inference_steps", "1",
+        "--report_to", "none", "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(output_dir), *flags,
+    )  # fmt: skip
+    return load_file(output_dir / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_an_snr_offset_reaches_the_loss_the_training_steps_follow(tiny_iclevr_dir, tmp_path):
+    paper = _tiny_run(tiny_iclevr_dir, tmp_path / "paper")
+    again = _tiny_run(tiny_iclevr_dir, tmp_path / "paper-again")
+    offset = _tiny_run(tiny_iclevr_dir, tmp_path / "offset", "--snr_offset", "0.5")
+    assert all(torch.equal(paper[name], again[name]) for name in paper)  # so a difference is the offset's
+    assert not all(torch.equal(paper[name], offset[name]) for name in paper)
+    assert json.loads((tmp_path / "offset" / "training_args.json").read_text())["snr_offset"] == 0.5

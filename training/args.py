@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "(v_prediction) or the image (sample); saved in the scheduler config for every sampler.")
     model.add_argument("--snr_gamma", type=positive_float_or_none, default=5.0,
                        help="Min-SNR loss weighting with this gamma (5.0, as in the paper); 'none': plain MSE.")
+    # What offsets 0.5 and 1 do to a ten-minute run: docs/object_counts.md, "Min-SNR with an offset".
+    model.add_argument("--snr_offset", type=non_negative_float, default=0.0,
+                       help="Min-SNR weighs each timestep's x0 error min(SNR + this, gamma): 0 as in the paper, where "
+                            "the noisiest steps weigh almost nothing; k gives them k times the plain v-prediction "
+                            "loss's weight.")
     model.add_argument("--timestep_bias_strategy", choices=TIMESTEP_BIAS_STRATEGIES, default="none",
                        help="Draw some timesteps more often: 'later' the noisiest --timestep_bias_portion, "
                             "'earlier' the least noisy, 'range' [--timestep_bias_begin, --timestep_bias_end).")
@@ -176,6 +181,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if wandb_only:
             parser.error(f"{' and '.join(wandb_only)}: W&B only; add --report_to wandb (or all), "
                          f"not {args.report_to}")
+    if args.snr_offset and args.snr_gamma is None:
+        parser.error(f"--snr_offset {args.snr_offset} takes effect with a Min-SNR --snr_gamma (e.g. 5), not 'none'")
+    if args.snr_offset and args.prediction_type == "epsilon":
+        parser.error(f"--snr_offset {args.snr_offset} needs --prediction_type v_prediction or sample: with epsilon "
+                     f"the noisiest steps would weigh up to offset/SNR (~4e8 x the offset at the last timestep)")
     if math.isinf(args.timestep_bias_multiplier):
         parser.error("--timestep_bias_multiplier inf would draw only the biased timesteps; give a finite number")
     if args.timestep_bias_strategy == "range" and not (

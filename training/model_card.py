@@ -115,6 +115,7 @@ KEY_SETTINGS = (
     ("label_dropout", "label dropout"),
     ("prediction_type", "prediction type"),
     ("snr_gamma", "Min-SNR gamma"),
+    ("snr_offset", "Min-SNR offset"),
     ("use_ema", "EMA"),
     ("mixed_precision", "mixed precision"),
     ("seed", "seed"),

@@ -64,11 +64,18 @@ def timestep_weights(
     return weights / weights.sum()
 
 
-def min_snr_weights(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+def min_snr_weights(
+    noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, snr_gamma: float, snr_offset: float = 0.0
+) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023) for the scheduler's prediction type: each timestep's x0 error
-    counts min(SNR, gamma), expressed in the predicted quantity's units."""
+    counts min(SNR + snr_offset, gamma), expressed in the predicted quantity's units.
+
+    With the paper's offset 0 the noisiest steps, where a sample's layout and object count are decided, weigh
+    almost nothing (SNR ~0 there). An offset k keeps k of the plain v-prediction loss's weight on them (its x0 weight
+    is SNR + 1, Salimans & Ho 2022) and damps the least noisy steps as the paper does (README: Object counts).
+    """
     snr = compute_snr(noise_scheduler, timesteps)
-    weights = torch.clamp(snr, max=snr_gamma)
+    weights = torch.clamp(snr + snr_offset, max=snr_gamma)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
         return weights / snr
@@ -99,10 +106,11 @@ def diffusion_loss(
     label_dropout: float,
     generator: torch.Generator,
     snr_gamma: float | None = None,
+    snr_offset: float = 0.0,
     timestep_probabilities: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between the model's prediction and its target at drawn timesteps (uniform, or `timestep_probabilities`),
-    weighted per sample by Min-SNR-`snr_gamma` when given."""
+    weighted per sample by Min-SNR-`snr_gamma` (of SNR + `snr_offset`) when given."""
     batch = pixel_values.shape[0]
     device = pixel_values.device
     noise = torch.randn(pixel_values.shape, generator=generator, device=device, dtype=pixel_values.dtype)
@@ -123,4 +131,4 @@ def diffusion_loss(
     if snr_gamma is None:
         return F.mse_loss(predicted.float(), target.float())
     per_sample = F.mse_loss(predicted.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma)).mean()
+    return (per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma, snr_offset)).mean()

@@ -220,6 +220,15 @@ def test_model_card_says_whether_the_residual_branches_started_at_zero(model_dir
     assert "residual branches start at zero: True" in card
 
 
+def test_model_card_gives_the_min_snr_offset_the_model_trained_with(model_dir, tmp_path):
+    training_args = json.loads((model_dir / "training_args.json").read_text())
+    (model_dir / "training_args.json").write_text(json.dumps({**training_args, "snr_offset": 0.5}))
+
+    card = (export_pipeline(model_dir, tmp_path / "offset") / "README.md").read_text()
+
+    assert "Min-SNR offset: 0.5" in card
+
+
 def test_model_card_says_what_was_trained_and_on_which_data_beside_the_flags(model_dir, tmp_path):
     trained = {"steps": 2, "epochs": 0.4, "images_seen": 16,
                "data": {"source": "hub", "dataset": "tester/shapes", "revision": "abc123", "images": 36}}

@@ -34,36 +34,46 @@ from training.shape_binding import drawn_with_its_shape, require_iclevr_labels
 
 
 def samples_right(pipeline_path: str, evaluator: torch.nn.Module, seeds: Sequence[int], sampling: dict) -> dict:
-    """Per samples.png list, over the seeds: images with the right count, with every shape, and with both."""
+    """Per samples.png list, over the seeds: images with the right count, with every shape, and with both; per seed
+    (one samples.png each): its lists with the right count and right whole."""
     pipe = load_pipeline(pipeline_path)
     labels = list(pipe.vocabulary.labels)
     require_iclevr_labels(labels, pipeline_path)
     lists = validation_label_lists(pipe.vocabulary)
     right = {kind: np.zeros(len(lists), dtype=int) for kind in ("count", "shapes", "whole")}
+    per_seed = {"count": [], "whole": []}
     for seed in tqdm(seeds, desc="samples.png lists", leave=False):
         images = draw_sample_lists(pipe, lists, seed, sampling)
         probs = classify(evaluator, torch.from_numpy(images).permute(0, 3, 1, 2) * 2.0 - 1.0).tolist()
-        for index, (image, row, names) in enumerate(zip(images, probs, lists)):
-            count = count_objects_by_colour(image) == len(names)
-            shapes = all(drawn_with_its_shape(name, names, row, labels) for name in names)
-            right["count"][index] += count
-            right["shapes"][index] += shapes
-            right["whole"][index] += count and shapes
+        count = np.array([count_objects_by_colour(image) == len(names) for image, names in zip(images, lists)])
+        shapes = np.array([all(drawn_with_its_shape(name, names, row, labels) for name in names)
+                           for row, names in zip(probs, lists)])  # fmt: skip
+        for kind, judged in (("count", count), ("shapes", shapes), ("whole", count & shapes)):
+            right[kind] += judged
+            if kind in per_seed:
+                per_seed[kind].append(int(judged.sum()))
     return {"pipeline": pipeline_path, "resolution": pipe.unet.config.sample_size, **sampling,
             "images": len(seeds) * len(lists), "lists": [", ".join(names) for names in lists],
-            **{f"right_{kind}_per_list": counts.tolist() for kind, counts in right.items()}}  # fmt: skip
+            **{f"right_{kind}_per_list": counts.tolist() for kind, counts in right.items()},
+            **{f"right_{kind}_per_seed": tally for kind, tally in per_seed.items()}}  # fmt: skip
+
+
+def most_lists(row: dict, kind: str) -> int:
+    """How many of the seeds' samples.png show more than half of their lists right (`kind`: count or whole)."""
+    return sum(2 * right > len(row["lists"]) for right in row[f"right_{kind}_per_seed"])
 
 
 def print_table(rows: list[dict]) -> None:
     print("| pipeline | guidance | steps | images | right count | every shape its own | right whole "
-          "| right whole per list (of the seeds) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          "| right whole per list (of the seeds) | samples.png with most lists the right count / right whole |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         cells = [f"{sum(row[f'right_{kind}_per_list'])} ({sum(row[f'right_{kind}_per_list']) / row['images']:.1%})"
                  for kind in ("count", "shapes", "whole")]  # fmt: skip
         per_list = " ".join(map(str, row["right_whole_per_list"]))
         print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {row['images']} "
-              f"| {' | '.join(cells)} | {per_list} |")
+              f"| {' | '.join(cells)} | {per_list} "
+              f"| {most_lists(row, 'count')} / {most_lists(row, 'whole')} of {len(row['right_count_per_seed'])} |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,6 +48,20 @@ def test_an_image_is_right_whole_only_with_both_the_count_and_the_shapes(tiny_pi
     assert row["right_whole_per_list"] == singles
 
 
+def test_each_seeds_samples_png_tells_whether_most_of_its_lists_have_the_right_count(
+        tiny_pipeline_dir, evaluator_path, tmp_path, monkeypatch, capsys):  # fmt: skip
+    # Seed 0's images all counted right, seed 1's all counted as one object: only its three one-label lists are right.
+    counts = iter([len(names) for names in VALIDATION_LABELS] + [1] * len(VALIDATION_LABELS))
+    monkeypatch.setattr(bench, "count_objects_by_colour", lambda image: next(counts))
+    monkeypatch.setattr(bench, "drawn_with_its_shape", lambda *args: True)
+    row = run(tiny_pipeline_dir, evaluator_path, tmp_path)
+    singles = sum(len(names) == 1 for names in VALIDATION_LABELS)
+    assert 0 < singles <= len(VALIDATION_LABELS) // 2
+    assert row["right_count_per_seed"] == row["right_whole_per_seed"] == [len(VALIDATION_LABELS), singles]
+    assert bench.most_lists(row, "count") == bench.most_lists(row, "whole") == 1
+    assert capsys.readouterr().out.rstrip().endswith("| 1 / 1 of 2 |")
+
+
 def test_a_missing_pipeline_is_refused_before_the_evaluator_loads_or_any_sampling(tiny_pipeline_dir, tmp_path):
     output = tmp_path / "right.json"
     with pytest.raises(SystemExit, match=r"^error: --pipeline .*missing: no pipeline there"):

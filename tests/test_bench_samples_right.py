@@ -50,7 +50,7 @@ def test_an_image_is_right_whole_only_with_both_the_count_and_the_shapes(tiny_pi
 
 def test_each_seeds_samples_png_tells_whether_most_of_its_lists_have_the_right_count(
         tiny_pipeline_dir, evaluator_path, tmp_path, monkeypatch, capsys):  # fmt: skip
-    # Seed 0's images all counted right, seed 1's all counted as one object: only its three one-label lists are right.
+    # Seed 0's images all counted right, seed 1's all counted as one object: only its one-label lists are right.
     counts = iter([len(names) for names in VALIDATION_LABELS] + [1] * len(VALIDATION_LABELS))
     monkeypatch.setattr(bench, "count_objects_by_colour", lambda image: next(counts))
     monkeypatch.setattr(bench, "drawn_with_its_shape", lambda *args: True)

@@ -37,7 +37,7 @@ import torch
 
 from pipeline.pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 from training.checkpointing import list_checkpoints
-from training.cli import positive_float_or_none, positive_int, probability
+from training.cli import non_negative_float, positive_float_or_none, positive_int, probability
 from training.data import DEFAULT_SYNTHETIC_SCENES, builtin_synthetic_dir, default_cache_dir
 from training.evaluator import EVALUATOR_EPOCHS, EVALUATOR_SYNTHETIC_SCENES, EVALUATOR_VALIDATION_SCENES
 from training.inference import resolve_device, resolve_dtype
@@ -54,7 +54,7 @@ TIMINGS_FILE = "timings.json"
 LOG_TAIL_LINES = 15
 ERROR_LINE = re.compile(r"^(error: |[\w.]*(Error|Exception): )")
 # The diffusion-model flags a cached model must have been trained with (names as in train_conditional.py).
-MODEL_FLAGS = ("model_config_name_or_path", "label_embedding_norm", "zero_init_residual", "label_dropout",
+MODEL_FLAGS = ("model_config_name_or_path", "label_embedding_norm", "zero_init_residual", "label_dropout", "snr_offset",
                "resolution", "train_batch_size", "max_train_steps", "learning_rate", "lr_warmup_steps",
                "mixed_precision", "use_ema", "seed")
 
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "diffusers' initialisation.")
     model.add_argument("--label_dropout", type=probability, default=DEFAULT_LABEL_DROPOUT,
                        help=f"As train_conditional.py's flag (its default {DEFAULT_LABEL_DROPOUT:g}).")
+    model.add_argument("--snr_offset", type=non_negative_float, default=0.1,
+                       help="As train_conditional.py's flag (0.1: the quick start's; 0: Min-SNR as in the paper).")
     model.add_argument("--resolution", type=positive_int, default=32)
     model.add_argument("--train_batch_size", type=positive_int, default=32)
     model.add_argument("--max_train_steps", type=positive_int, default=2200)  # the README quick start's
@@ -299,6 +301,7 @@ def model_stage(bench: Bench, train_data_dir: Path) -> Path:
             *(["--label_embedding_norm", str(args.label_embedding_norm)] if args.label_embedding_norm else []),
             *(["--zero_init_residual"] if args.zero_init_residual else []),
             "--label_dropout", str(args.label_dropout),
+            "--snr_offset", str(args.snr_offset),
             "--resolution", str(args.resolution),
             "--train_batch_size", str(args.train_batch_size),
             "--max_train_steps", str(args.max_train_steps),
@@ -440,6 +443,7 @@ def results_table(bench: Bench, reports: dict[str, dict], evaluator_metrics: dic
     model_settings = f" with label embeddings starting at norm {norm:g}" if norm else ""
     model_settings += ", residual branches starting at zero" if args.zero_init_residual else ""
     model_settings += f", label dropout {args.label_dropout:g}"
+    model_settings += f", Min-SNR offset {args.snr_offset:g}" if args.snr_offset else ""
     lines = [
         "## Synthetic i-CLEVR benchmark",
         "",

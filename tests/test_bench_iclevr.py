@@ -77,6 +77,13 @@ def test_the_model_trains_with_the_training_scripts_label_dropout(bench_dir):
     assert f"label dropout {DEFAULT_LABEL_DROPOUT:g}" in (bench_dir / "results.md").read_text()
 
 
+def test_the_model_trains_with_the_quick_starts_snr_offset(bench_dir):
+    training_args = json.loads((bench_dir / "model" / "training_args.json").read_text())
+    assert training_args["snr_offset"] == 0.1
+    assert json.loads((bench_dir / "results.json").read_text())["budget"]["snr_offset"] == 0.1
+    assert "Min-SNR offset 0.1" in (bench_dir / "results.md").read_text()
+
+
 def test_a_second_run_reuses_the_evaluator_the_model_and_every_report(bench_dir):
     logs = sorted((bench_dir / "logs").glob("*.log"))
     before = {log.name: launches(log) for log in logs}

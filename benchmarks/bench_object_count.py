@@ -39,7 +39,13 @@ from training.errors import one_line_errors
 from training.judge_ceiling import render_label_lists
 from training.object_count import count_objects, count_objects_by_colour
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import add_sample_list_arguments, check_pipelines, draw_sample_lists, sampling_settings
+from training.sample_list_flags import (
+    add_sample_list_arguments,
+    check_pipelines,
+    draw_sample_lists,
+    guidance_cell,
+    sampling_settings,
+)
 from training.sampling import VALIDATION_LABELS, validation_label_lists
 from training.synthetic_iclevr import render_scene, sample_scenes
 
@@ -114,7 +120,7 @@ def print_single_label_table(rows: list[dict], reliability: dict[int, dict[int, 
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         exact = " / ".join(f"{share:.0%}" for share in reliability[row["resolution"]].values())
-        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {row['images']} "
+        print(f"| {row['pipeline']} | {guidance_cell(row)} | {row['num_inference_steps']} | {row['images']} "
               f"| {row['drawn_as_one']:.1%} | {row['drawn_as_two_or_more']:.1%} | {row['mean_objects']:.2f} "
               f"| {exact} |")
 
@@ -126,7 +132,7 @@ def print_list_table(rows: list[dict], reliability: dict[int, float]) -> None:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         lists = row["sample_lists"]
-        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {lists['images']} "
+        print(f"| {row['pipeline']} | {guidance_cell(row)} | {row['num_inference_steps']} | {lists['images']} "
               f"| {lists['right_count']:.1%} | {' '.join(map(str, lists['right_per_list']))} "
               f"| {reliability[row['resolution']]:.1%} |")
 
@@ -144,8 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with one_line_errors():
-        check_pipelines(args.pipeline)  # before minutes of sampling
         sampling = sampling_settings(args)
+        check_pipelines(args.pipeline)  # before minutes of sampling
         rows = [pipeline_counts(path, args.seeds, sampling) for path in args.pipeline]
     resolutions = sorted({row["resolution"] for row in rows})
     reliability = {res: counter_reliability(res, args.calibration_scenes) for res in resolutions}

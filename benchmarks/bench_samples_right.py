@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from training.evaluator import classify
 from training.object_count import count_objects_by_colour
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import draw_sample_lists, judge_main
+from training.sample_list_flags import draw_sample_lists, guidance_cell, judge_main
 from training.sampling import validation_label_lists
 from training.shape_binding import drawn_with_its_shape, require_iclevr_labels
 
@@ -71,7 +71,7 @@ def print_table(rows: list[dict]) -> None:
         cells = [f"{sum(row[f'right_{kind}_per_list'])} ({sum(row[f'right_{kind}_per_list']) / row['images']:.1%})"
                  for kind in ("count", "shapes", "whole")]  # fmt: skip
         per_list = " ".join(map(str, row["right_whole_per_list"]))
-        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {row['images']} "
+        print(f"| {row['pipeline']} | {guidance_cell(row)} | {row['num_inference_steps']} | {row['images']} "
               f"| {' | '.join(cells)} | {per_list} "
               f"| {most_lists(row, 'count')} / {most_lists(row, 'whole')} of {len(row['right_count_per_seed'])} |")
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pipeline.vocabulary import SHAPES
 from training.evaluation import generate_and_score
 from training.pipeline_loading import load_pipeline
-from training.sample_list_flags import judge_main
+from training.sample_list_flags import guidance_cell, judge_main
 from training.sampling import validation_label_lists
 from training.shape_binding import drawn_with_its_shape, require_iclevr_labels
 
@@ -36,7 +36,9 @@ def shape_binding(pipeline_path: str, evaluator, seeds: Sequence[int], sampling:
     lists = validation_label_lists(pipe.vocabulary)
     items = [{"labels": names, "seed": seed, "index": index}
              for index, names in enumerate(lists) if len(names) > 1 for seed in seeds]  # fmt: skip
-    records = generate_and_score(pipe, evaluator, items, **sampling)
+    steps_and_scale = {name: sampling[name] for name in ("num_inference_steps", "guidance_scale")}
+    interval = {name: sampling[name] for name in ("guidance_start", "guidance_stop")}
+    records = generate_and_score(pipe, evaluator, items, **steps_and_scale, sampler_kwargs=interval)
     bound, asked = dict.fromkeys(SHAPES, 0), dict.fromkeys(SHAPES, 0)
     for record in records:
         for label in record["labels"]:
@@ -54,7 +56,7 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         cells = [f"{row['bound'][shape]} / {row['asked'][shape]}" for shape in SHAPES]
         total = f"{sum(row['bound'].values()) / sum(row['asked'].values()):.1%}"
-        print(f"| {row['pipeline']} | {row['guidance_scale']:g} | {row['num_inference_steps']} | {row['images']} "
+        print(f"| {row['pipeline']} | {guidance_cell(row)} | {row['num_inference_steps']} | {row['images']} "
               f"| {' | '.join(cells)} | {total} |")
 
 

@@ -146,6 +146,8 @@ class ICLEVRPipeline(DiffusionPipeline):
     def check_inputs(
         self,
         num_inference_steps: int,
+        guidance_start: float,
+        guidance_stop: float,
         num_images_per_prompt: int,
         output_type: str,
         return_intermediates: int,
@@ -155,6 +157,11 @@ class ICLEVRPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if not 0.0 <= guidance_start <= guidance_stop <= 1.0:
+            raise ValueError(
+                "guidance_start and guidance_stop are fractions of the denoising steps with 0 <= guidance_start <= "
+                f"guidance_stop <= 1, got {guidance_start} and {guidance_stop}"
+            )
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer of at least 1, got {num_images_per_prompt!r}")
         if not 0 <= return_intermediates <= num_inference_steps + 1:
@@ -202,15 +209,17 @@ class ICLEVRPipeline(DiffusionPipeline):
             kwargs["eta"] = eta
         return kwargs
 
-    def _predict_noise(self, latents: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-        """The (guided) model prediction; guidance is decided per step, so a callback may switch it on or off."""
+    def _predict_noise(
+        self, latents: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor, guided: bool
+    ) -> torch.Tensor:
+        """The model prediction, guided or the conditional half alone (`guided` is decided per step)."""
         model_input = self.scheduler.scale_model_input(latents, t)
-        if self.do_classifier_free_guidance:
+        if guided:
             # One forward pass: the all-zero (unconditional) rows first, then the conditional rows.
             model_input = torch.cat([model_input, model_input])
             class_labels = torch.cat([torch.zeros_like(class_labels), class_labels])
         prediction = self.unet(model_input.to(self.unet.dtype), t, class_labels).sample.float()
-        if self.do_classifier_free_guidance:
+        if guided:
             unconditional, conditional = prediction.chunk(2)
             prediction = unconditional + self.guidance_scale * (conditional - unconditional)
         return prediction
@@ -226,6 +235,8 @@ class ICLEVRPipeline(DiffusionPipeline):
         labels: Labels,
         num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_start: float = 0.0,
+        guidance_stop: float = 1.0,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -248,6 +259,11 @@ class ICLEVRPipeline(DiffusionPipeline):
             num_inference_steps: denoising steps; 25 suits DPM-Solver++, DDPM wants its training count (1000).
             guidance_scale: classifier-free guidance weight w in `uncond + w * (cond - uncond)`; <= 1 turns it
                 off and runs only the conditional half.
+            guidance_start, guidance_stop: the fractions of the denoising steps after which guidance starts and
+                stops, as diffusers' guiders count them: step i is guided when int(start * steps) <= i <
+                int(stop * steps); the other steps run the conditional half alone, at half the cost. The default
+                guides every step; guidance_stop=0.8 samples the quick start's models in 15 % less time at the same
+                accuracy (README: Using a trained pipeline).
             num_images_per_prompt: images per label list; the output holds list 0's images first, then list 1's...
             eta: DDIM's eta (DDIM paper's η): 0 is deterministic, 1 adds DDPM's amount of fresh noise per step;
                 other schedulers ignore it.
@@ -268,8 +284,8 @@ class ICLEVRPipeline(DiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_inputs(
-            num_inference_steps, num_images_per_prompt, output_type, return_intermediates,
-            callback_on_step_end_tensor_inputs,
+            num_inference_steps, guidance_start, guidance_stop, num_images_per_prompt, output_type,
+            return_intermediates, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         self._guidance_scale = guidance_scale
         self._interrupt = False
@@ -282,6 +298,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         step_kwargs = self._step_kwargs(generator, eta)
+        guided_steps = range(int(guidance_start * len(timesteps)), int(guidance_stop * len(timesteps)))
 
         # Snapshot i is the state after i steps (0 = initial noise); evenly spaced, the last one is the final image.
         num_states = len(timesteps) + 1
@@ -295,7 +312,9 @@ class ICLEVRPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                prediction = self._predict_noise(latents, t, class_labels)
+                # Read every step, so a callback may switch guidance on or off.
+                guided = self.do_classifier_free_guidance and i in guided_steps
+                prediction = self._predict_noise(latents, t, class_labels, guided)
                 latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
 
                 if callback_on_step_end is not None:

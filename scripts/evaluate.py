@@ -29,7 +29,14 @@ from training.evaluation import (
 from training.errors import one_line_errors
 from training.evaluator import load_evaluator
 from training.figures import denoising_figure, image_grid
-from training.inference import DTYPES, add_device_arguments, resolve_device, resolve_dtype
+from training.inference import (
+    DTYPES,
+    add_device_arguments,
+    add_guidance_interval_arguments,
+    guidance_interval,
+    resolve_device,
+    resolve_dtype,
+)
 from training.judge_ceiling import judge_ceiling
 from training.pipeline_loading import load_pipeline
 from training.samplers import add_scheduler_argument, parse_sampler, sampler_name, set_sampler
@@ -48,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scheduler_argument(parser)
     parser.add_argument("--num_inference_steps", type=positive_int, default=25)
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
+    add_guidance_interval_arguments(parser)
     parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated at once.")
@@ -61,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate(args: argparse.Namespace) -> dict:
     # Cheap checks first, so a typo fails before any model is loaded.
     sampler = parse_sampler(args.scheduler) if args.scheduler else None
+    interval = guidance_interval(args)
     condition_files = resolve_condition_files(args.conditions)
     device = resolve_device(args.device)
     args.dtype = resolve_dtype(args.dtype, device)  # the report records what sampled
@@ -71,7 +80,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     pipeline = load_pipeline(args.pipeline, device=device, dtype=DTYPES[args.dtype])
     if sampler is not None:
         set_sampler(pipeline, sampler)
-    sampler_kwargs = sampler.call_kwargs if sampler is not None else {}
+    sampler_kwargs = {**(sampler.call_kwargs if sampler is not None else {}), **interval}
     vocabulary = pipeline.vocabulary
     condition_sets = load_condition_sets(condition_files, vocabulary)
     sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
@@ -93,6 +102,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "scheduler": sampler.spec if sampler is not None else sampler_name(pipeline.scheduler),
             "scheduler_config": dict(pipeline.scheduler.config),
             **sampling,
+            **interval,
             "seeds": args.seeds,
             "evaluator_checkpoint": str(args.evaluator_checkpoint),
             "condition_files": {name: str(path) for name, path in condition_files.items()},

@@ -7,8 +7,9 @@ Each --labels is one label list (names separated by commas); --conditions adds t
 Image j of every list is drawn from seed --seed + j (one generator per image), so a file's name tells how to make it
 again: `01_gray-cube_seed2.png` (list 1) is `--labels "gray cube" --seed 2` with the same settings.
 Writes to --output_dir one PNG per image, grid.png (one row per label list, captioned) and manifest.json (labels,
-seeds, sampler, steps, guidance, model id and revision, seconds per image). --scheduler defaults to the sampler the
-pipeline was saved with, --num_inference_steps and --guidance_scale to the pipeline's own call defaults.
+seeds, sampler, steps, guidance and its interval, model id and revision, seconds per image). --scheduler defaults to
+the sampler the pipeline was saved with, --num_inference_steps and --guidance_scale to the pipeline's own call
+defaults, --guidance_start / --guidance_stop to every step.
 """
 
 import sys
@@ -30,7 +31,15 @@ from training.cpu_threads import CpuThreads, add_cpu_threads_argument
 from training.data import load_condition_file
 from training.errors import one_line_errors
 from training.figures import captioned_grid
-from training.inference import DTYPES, add_device_arguments, call_defaults, resolve_device, resolve_dtype
+from training.inference import (
+    DTYPES,
+    add_device_arguments,
+    add_guidance_interval_arguments,
+    call_defaults,
+    guidance_interval,
+    resolve_device,
+    resolve_dtype,
+)
 from training.pipeline_loading import load_pipeline, pipeline_vocabulary
 from training.samplers import add_scheduler_argument, parse_sampler, sampler_name, set_sampler
 
@@ -54,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Denoising steps (default: the pipeline's own, 25 for this repo's).")
     parser.add_argument("--guidance_scale", type=float, default=None,
                         help="Classifier-free guidance weight; 1 turns it off (default: the pipeline's own).")
+    add_guidance_interval_arguments(parser)
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--batch_size", type=positive_int, default=32, help="At most this many images per call.")
     add_device_arguments(parser)
@@ -79,6 +89,7 @@ def image_name(index: int, labels: list[str], seed: int) -> str:
 def generate(args: argparse.Namespace) -> dict[str, Any]:
     # Everything that can be checked without the weights is checked first: a typo fails before any work starts.
     sampler = parse_sampler(args.scheduler) if args.scheduler else None
+    interval = guidance_interval(args)
     device = resolve_device(args.device)
     args.dtype = resolve_dtype(args.dtype, device)  # the manifest records what sampled
     check_writable(args.output_dir, "--output_dir")
@@ -92,6 +103,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         set_sampler(pipeline, sampler)
     settings = {name: default if getattr(args, name) is None else getattr(args, name)
                 for name, default in call_defaults(pipeline).items()}  # fmt: skip
+    settings.update(interval)
     per_list = args.num_images_per_prompt
     seeds = [args.seed + j for j in range(per_list)]
     lists_per_call = max(1, args.batch_size // per_list)

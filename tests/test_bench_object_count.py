@@ -64,25 +64,36 @@ def test_the_counted_lists_are_the_images_of_samples_png_for_that_seed(tiny_pipe
         np.testing.assert_array_equal((image * 255).round().astype(np.uint8), np.asarray(sample))
 
 
-def test_guidance_scale_and_steps_reach_the_pipeline_and_the_record(tiny_pipeline_dir, tmp_path, monkeypatch):
+def test_guidance_its_interval_and_steps_reach_the_pipeline_and_the_record(tiny_pipeline_dir, tmp_path, monkeypatch):
     from pipeline.pipeline_iclevr import ICLEVRPipeline
 
     settings = []
     call = ICLEVRPipeline.__call__
+    names = ("guidance_scale", "guidance_start", "guidance_stop", "num_inference_steps")
 
     def spy(self, *args, **kwargs):
-        settings.append((kwargs["guidance_scale"], kwargs["num_inference_steps"]))
+        settings.append(tuple(kwargs[name] for name in names))
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(ICLEVRPipeline, "__call__", spy)
     output = tmp_path / "counts.json"
     import_script("bench_object_count", "benchmarks").main(
-        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "--guidance_scale", "2.5", "--num_inference_steps",
-         "3", "--calibration_scenes", "2", "--output_json", str(output)]  # fmt: skip
+        ["--pipeline", str(tiny_pipeline_dir), "--seeds", "0", "--guidance_scale", "2.5", "--guidance_stop", "0.5",
+         "--num_inference_steps", "3", "--calibration_scenes", "2", "--output_json", str(output)]  # fmt: skip
     )
-    assert settings == [(2.5, 3), (2.5, 3)]  # the single labels, then samples.png's lists
+    assert settings == [(2.5, 0.0, 0.5, 3), (2.5, 0.0, 0.5, 3)]  # the single labels, then samples.png's lists
     row = json.loads(output.read_text())["rows"][0]
-    assert (row["guidance_scale"], row["num_inference_steps"]) == (2.5, 3)
+    assert tuple(row[name] for name in names) == (2.5, 0.0, 0.5, 3)
+
+
+def test_a_reversed_guidance_interval_stops_before_any_sampling_with_one_line(tiny_pipeline_dir, tmp_path):
+    output = tmp_path / "counts.json"
+    with pytest.raises(SystemExit, match=r"^error: --guidance_start 0.8 is after --guidance_stop 0.2; "):
+        import_script("bench_object_count", "benchmarks").main(
+            ["--pipeline", str(tiny_pipeline_dir), "--guidance_start", "0.8", "--guidance_stop", "0.2",
+             "--output_json", str(output)]  # fmt: skip
+        )
+    assert not output.exists()
 
 
 def test_a_missing_pipeline_stops_before_any_sampling_with_one_line(tiny_pipeline_dir, tmp_path):

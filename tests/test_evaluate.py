@@ -98,6 +98,7 @@ def test_the_report_records_the_settings_and_the_seconds_per_image(script_run, f
     assert settings["scheduler"] == DEFAULT_SAMPLER.split(",")[0]  # the sampler the pipeline was saved with
     assert settings["num_inference_steps"] == STEPS
     assert settings["seeds"] == list(SEEDS) and settings["guidance_scale"] == 1.0
+    assert (settings["guidance_start"], settings["guidance_stop"]) == (0.0, 1.0)  # the pipeline's: every step
     assert settings["evaluator_checkpoint"] == str(files["evaluator.pth"])
     assert settings["device"] == "cpu" and settings["dtype"] == "fp32"
     assert report["num_images"] == (len(SMALL_SET) + len(NINE_SET)) * len(SEEDS)
@@ -165,6 +166,7 @@ def test_evaluate_reports_the_judge_ceiling_per_condition_file(files, tmp_path, 
         (("--scheduler", "ddim,etta=1"), "ddim has no setting 'etta'; did you mean 'eta'?"),
         (("--conditions", "missing.json"), "condition file missing.json does not exist"),
         (("--device", "tpu"), "--device 'tpu' is not supported"),
+        (("--guidance_start", "0.9", "--guidance_stop", "0.5"), "--guidance_start 0.9 is after --guidance_stop 0.5"),
     ],
 )
 def test_bad_settings_fail_with_one_line(files, tmp_path, change, expected):

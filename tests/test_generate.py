@@ -57,6 +57,7 @@ def test_the_manifest_records_labels_seeds_sampler_settings_model_and_timing(scr
     assert manifest["sampler"] == "sde-dpmsolver++"  # the one the pipeline was saved with
     assert (manifest["num_inference_steps"], manifest["seed"]) == (2, 3)
     assert manifest["guidance_scale"] == DEFAULT_GUIDANCE_SCALE  # left to the pipeline's own default
+    assert (manifest["guidance_start"], manifest["guidance_stop"]) == (0.0, 1.0)  # guided at every step
     assert manifest["seconds_per_image"] > 0
     assert [(image["file"], image["labels"], image["seed"]) for image in manifest["images"]] == [
         ("00_red-sphere+cyan-cube_seed3.png", ["red sphere", "cyan cube"], 3),
@@ -138,6 +139,7 @@ def test_dtype_bf16_on_a_cpu_without_native_bfloat16_samples_in_fp32_and_says_so
     (["--scheduler", "dpm"], "unknown sampler 'dpm'; did you mean"),
     (["--device", "tpu"], "--device 'tpu' is not supported"),
     (["--output_dir", "/sys/kernel/iclevr-test"], "cannot write in"),
+    (["--guidance_start", "0.6", "--guidance_stop", "0.4"], "--guidance_start 0.6 is after --guidance_stop 0.4"),
 ])  # fmt: skip
 def test_bad_input_fails_in_one_line_before_the_weights_load(tiny_pipeline_dir, tmp_path, change, expected):
     # Only model_index.json: loading the weights would fail, so the error shows the input was checked first.

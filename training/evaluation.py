@@ -121,7 +121,7 @@ def generate_and_score(
     """One record per item: the item plus the evaluator's `probs`, its share of the batch's generation `seconds`
     and (with `keep_images`) its PIL `image`. Records depend only on their items, not on the batching.
     `callback_on_step_end` goes to the pipeline (e.g. a CPU thread policy's `step_callback`), and so do
-    `sampler_kwargs` (a Sampler's `call_kwargs`, e.g. DDIM's eta).
+    `sampler_kwargs` (further call arguments: a Sampler's `call_kwargs` such as DDIM's eta, the guidance interval).
     """
     if batch_size < 1:
         raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")

@@ -22,12 +22,13 @@ from training.cli import ArgumentParser, positive_int
 from training.errors import one_line_errors
 from training.evaluation import image_generator
 from training.evaluator import load_evaluator
+from training.inference import add_guidance_interval_arguments, guidance_interval
 from training.pipeline_loading import pipeline_vocabulary
 
 
 def add_sample_list_arguments(parser: argparse.ArgumentParser, *, evaluator: bool = False) -> None:
-    """--pipeline, --seeds, --guidance_scale and --num_inference_steps, with the pipeline's defaults, and
-    --output_json; with `evaluator`, also --evaluator_checkpoint."""
+    """--pipeline, --seeds, --guidance_scale, --num_inference_steps and the guidance interval, with the pipeline's
+    defaults, and --output_json; with `evaluator`, also --evaluator_checkpoint."""
     parser.add_argument("--pipeline", nargs="+", required=True, help="pipeline folders or Hub ids")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)),
                         help="one image per list and seed; seed S draws the samples.png of a run with --seed S")
@@ -36,14 +37,23 @@ def add_sample_list_arguments(parser: argparse.ArgumentParser, *, evaluator: boo
                              "training run's --validation_guidance_scale; <= 1 turns guidance off)")  # fmt: skip
     parser.add_argument("--num_inference_steps", type=positive_int, default=DEFAULT_INFERENCE_STEPS,
                         help=f"sampler steps (default {DEFAULT_INFERENCE_STEPS}, the pipeline's and samples.png's)")
+    add_guidance_interval_arguments(parser)
     if evaluator:
         parser.add_argument("--evaluator_checkpoint", required=True, help="the evaluator's checkpoint.pth")
     parser.add_argument("--output_json", type=Path, default=None, help="also write the measured rows to this file")
 
 
 def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The pipeline call arguments those flags set, as each benchmark passes them on and records them."""
-    return {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
+    """The pipeline call arguments those flags set, as each benchmark passes them on and records them; a reversed
+    guidance interval raises a one-line error."""
+    return {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps,
+            **guidance_interval(args)}
+
+
+def guidance_cell(row: dict[str, Any]) -> str:
+    """A table's guidance cell: the weight, and the interval of steps it runs in when not all of them."""
+    start, stop = row["guidance_start"], row["guidance_stop"]
+    return f"{row['guidance_scale']:g}" + ("" if (start, stop) == (0.0, 1.0) else f" (steps {start:g}-{stop:g})")
 
 
 def draw_sample_lists(
@@ -68,9 +78,9 @@ def judge_pipelines(args: argparse.Namespace, judge: Judge) -> list[dict[str, An
     """`judge(path, evaluator, seeds, sampling)` for every --pipeline, with one-line errors; a wrong pipeline path is
     refused before the evaluator loads."""
     with one_line_errors():
+        sampling = sampling_settings(args)
         check_pipelines(args.pipeline)  # before minutes of sampling
         evaluator = load_evaluator(args.evaluator_checkpoint)
-        sampling = sampling_settings(args)
         return [judge(path, evaluator, args.seeds, sampling) for path in args.pipeline]
 
 

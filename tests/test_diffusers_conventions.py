@@ -1,6 +1,7 @@
 """ICLEVRPipeline and ConditionalUNet2DModel behave like diffusers' own pipelines and models: layer-wise casting,
-step-end callbacks with the pipeline's state, num_images_per_prompt and latents, from_pipe, AutoModel, one unbatched
-label list; also as remote code, from an exported folder, in a process that cannot import this repo."""
+step-end callbacks with the pipeline's state, guidance in part of the steps, num_images_per_prompt and latents,
+from_pipe, AutoModel, one unbatched label list; also as remote code, from an exported folder, in a process that cannot
+import this repo."""
 
 import json
 import os
@@ -113,6 +114,27 @@ def test_latent_output_is_the_raw_sample_that_the_image_outputs_are_made_from(pi
 
     assert latents.dtype == torch.float32 and latents.shape == (len(LABELS), 3, SIZE, SIZE)
     torch.testing.assert_close(images, (latents / 2 + 0.5).clamp(0, 1))
+
+
+# ---- guidance in part of the steps, as diffusers' guiders count their start / stop -------------------------------
+
+
+def test_guidance_runs_only_in_the_steps_between_guidance_start_and_guidance_stop(pipe):
+    # Step i is guided when int(start * steps) <= i < int(stop * steps).
+    sizes = _forward_batch_sizes(pipe, num_inference_steps=5, guidance_scale=3.0, guidance_start=0.2, guidance_stop=0.6)
+    assert sizes == [2, 4, 4, 2, 2]
+
+
+def test_an_empty_guidance_interval_gives_the_unguided_images(pipe):
+    unguided = _generate(pipe, guidance_scale=1.0)
+    assert np.array_equal(_generate(pipe, guidance_scale=3.0, guidance_stop=0.0), unguided)
+    assert not np.allclose(_generate(pipe, guidance_scale=3.0, guidance_start=0.5), unguided)
+
+
+@pytest.mark.parametrize(("start", "stop"), [(-0.1, 1.0), (0.0, 1.5), (0.7, 0.3)])
+def test_a_guidance_interval_outside_the_steps_is_rejected(pipe, start, stop):
+    with pytest.raises(ValueError, match="0 <= guidance_start <= guidance_stop <= 1"):
+        _generate(pipe, guidance_start=start, guidance_stop=stop)
 
 
 # ---- num_images_per_prompt and latents --------------------------------------------------------------------------

@@ -29,11 +29,12 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
 from pipeline import ConditionalUNet2DModel
 from training.args import parse_args
+from training.checkpoint_files import read_checkpoint_info
 from training.checkpointing import checkpoint_signature, checkpoint_step, load_checkpoint, save_checkpoint
 from training.cpu_threads import CpuThreads
 from training.data import ICLEVRTrainingSet, load_training_set
@@ -60,6 +61,7 @@ from training.preflight import check_before_training
 from training.run_record import summary_line, trained_record
 from training.sampling import build_pipeline
 from training.stability import LossCollapseGuard, NonFiniteGuard
+from training.time_budget import TIMED_STEPS, steps_for_minutes, timed_steps_per_second
 from training.tracking import init_trackers, log_images, log_pipeline_artifact, tracker_config
 from training.training_evaluation import load_training_evaluation
 from training.validation import Validation
@@ -87,6 +89,7 @@ class TrainingRun:
     max_train_steps: int
     num_epochs: int
     images_per_update: int
+    steps_per_second: float | None = None  # as timed for --max_train_minutes
 
 
 def main(args: argparse.Namespace) -> None:
@@ -105,6 +108,8 @@ def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
 
     state = setup(args, accelerator, cpu_threads)
+    if args.max_train_minutes is not None:
+        fit_time_budget(state, checkpoint)
     global_step, first_epoch, skip_batches = resume(state, checkpoint)
     start_tracking(state, resumed_from=checkpoint, tf32=tf32)
     validation = Validation(
@@ -174,16 +179,10 @@ def setup(args: argparse.Namespace, accelerator: Accelerator, cpu_threads: CpuTh
     optimizer = create_optimizer(model, args, accelerator.device)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
 
-    # The schedule's length, from the dataloader as sharded across processes.
+    # The schedule's length, from the dataloader as sharded across processes (--max_train_minutes sets it later).
     updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    # A prepared LR scheduler is stepped once per process for every optimiser step, hence the factor.
-    lr_scheduler = accelerator.prepare(get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-    ))  # fmt: skip
+    lr_scheduler = accelerator.prepare(create_lr_scheduler(args, accelerator, optimizer, max_train_steps))
     if ema is not None:
         ema.to(accelerator.device)
         register_ema_checkpointing(accelerator, ema)  # unet_ema/ in safetensors, never a pickle
@@ -234,6 +233,45 @@ def create_ema(args: argparse.Namespace, model: torch.nn.Module) -> EMAModel | N
     )
 
 
+def create_lr_scheduler(
+    args: argparse.Namespace, accelerator: Accelerator, optimizer: torch.optim.Optimizer, max_train_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """diffusers' LR schedule over `max_train_steps` optimiser steps."""
+    # A prepared LR scheduler is stepped once per process for every optimiser step, hence the factor.
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+
+
+def fit_time_budget(state: TrainingRun, checkpoint: Path | None) -> None:
+    """--max_train_minutes: the step count the resumed checkpoint recorded, or the one that fits the minutes at the
+    speed of timed steps (undone afterwards); the LR schedule and the loop are set to it."""
+    args, accelerator = state.args, state.accelerator
+    steps = read_checkpoint_info(checkpoint).get("max_train_steps") if checkpoint is not None else None
+    if steps is None:
+        batch = {name: value.to(accelerator.device) for name, value in
+                 default_collate([state.train_set[i] for i in range(args.train_batch_size)]).items()}  # fmt: skip
+        step_loss, guard = torch.zeros((), device=accelerator.device), NonFiniteGuard(accelerator)
+
+        def optimizer_step(index: int) -> None:  # what one step of the loop runs, on one batch
+            for micro_batch in range(args.gradient_accumulation_steps):
+                accumulate(state, batch, 0, index * args.gradient_accumulation_steps + micro_batch, step_loss, guard)
+            if state.ema is not None:
+                state.ema.step(state.model.parameters())
+
+        state.steps_per_second = timed_steps_per_second(accelerator, optimizer_step, args.output_dir)
+        steps = steps_for_minutes(args.max_train_minutes, state.steps_per_second)
+        logger.info(f"--max_train_minutes {args.max_train_minutes:g}: {state.steps_per_second:.2f} optimiser steps "
+                    f"per second in {TIMED_STEPS} timed steps, so {steps} steps")
+    state.max_train_steps = steps
+    state.num_epochs = math.ceil(steps / state.updates_per_epoch)
+    # Accelerate's checkpoints keep the prepared scheduler; only the schedule inside it changes.
+    state.lr_scheduler.scheduler = create_lr_scheduler(args, accelerator, state.optimizer, steps)
+
+
 def resume(state: TrainingRun, checkpoint: Path | None) -> tuple[int, int, int]:
     """Weights, optimiser, LR schedule, EMA and RNG from the checkpoint; returns (global step, its epoch, batches
     of that epoch already used), all zero without a checkpoint."""
@@ -263,6 +301,7 @@ def start_tracking(state: TrainingRun, *, resumed_from: Path | None, tf32: bool)
         "updates_per_epoch": state.updates_per_epoch,
         "max_train_steps": state.max_train_steps,
         "num_train_epochs": state.num_epochs,
+        **({"timed_steps_per_second": state.steps_per_second} if state.steps_per_second else {}),
     }
     init_trackers(accelerator, args, {**tracker_config(args), **run_info}, resumed_from=resumed_from)
     if accelerator.is_main_process:
@@ -334,7 +373,8 @@ def train(
             # would become "latest".
             if global_step % args.checkpointing_steps == 0 and not (step_skipped or collapsing):
                 save_checkpoint(
-                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, state.signature
+                    accelerator, args.output_dir, global_step, args.checkpoints_total_limit, state.signature,
+                    max_train_steps=state.max_train_steps,
                 )
             if global_step % args.validation_steps == 0 or global_step == state.max_train_steps:
                 validation(state.model, state.ema, global_step)  # and at the end: the final weights are scored too

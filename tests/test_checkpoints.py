@@ -135,12 +135,18 @@ def _drop_ema_setting(checkpoint: Path) -> None:
     (checkpoint / "unet_ema" / "config.json").write_text(json.dumps(config))
 
 
+def _record_a_fractional_run_length(checkpoint: Path) -> None:
+    info = json.loads((checkpoint / "checkpoint.json").read_text())
+    (checkpoint / "checkpoint.json").write_text(json.dumps({**info, "max_train_steps": 2.5}))
+
+
 DAMAGES = {
     "a truncated model.safetensors": (lambda c: _truncate(c / "model.safetensors"), "model.safetensors"),
     "a truncated optimizer.bin": (lambda c: _truncate(c / "optimizer.bin"), "optimizer.bin"),
     "an EMA config without its step": (_drop_ema_setting, "'optimization_step'"),
     "no EMA weights": (lambda c: (c / "unet_ema" / "diffusion_pytorch_model.safetensors").unlink(), "EMA state"),
     "no checkpoint.json": (lambda c: (c / "checkpoint.json").unlink(), "checkpoint.json"),
+    "a run length that is no whole number": (_record_a_fractional_run_length, "max_train_steps 2.5"),
 }
 
 

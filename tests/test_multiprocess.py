@@ -211,3 +211,21 @@ def test_both_processes_train_on_the_hub_commit_the_main_process_resolved(tiny_i
     # Only the main process asked where the main branch points; the other read the commit it was given.
     unpinned = {f"/api/datasets/{hub_repo_id}", f"/api/datasets/{hub_repo_id}/revision/main"}
     assert len([r for r in hub_server.find_requests("GET", "/api/datasets/") if r.path in unpinned]) == 1
+
+
+def test_a_time_budget_gives_both_processes_the_main_processs_step_count(tiny_iclevr_dir, tmp_path):
+    # Each process times its own steps; training different step counts would hang the gradient exchange.
+    result = launch_two_processes(
+        "--train_data_dir", str(tiny_iclevr_dir), "--output_dir", str(tmp_path),
+        "--model_config_name_or_path", "tiny", "--resolution", "32", "--train_batch_size", str(BATCH),
+        "--gradient_accumulation_steps", str(ACCUMULATION), "--max_train_minutes", "0.02",
+        "--validation_steps", "1000", "--validation_inference_steps", "1", "--report_to", "tensorboard",
+        use_cpu=True,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = json.loads((tmp_path / "run_info.json").read_text())["max_train_steps"]
+    checksums = dict(re.findall(r"process (\d) of 2: parameter checksum (\w+)", result.stderr))
+    assert sorted(logged_scalars(tmp_path, "loss")) == list(range(1, steps + 1))
+    assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]
+    assert not (tmp_path / "time-budget-snapshot").exists()

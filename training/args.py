@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max_train_steps", type=positive_int, default=None,
                        help="Total optimiser steps; overrides --num_train_epochs.")
+    optim.add_argument("--max_train_minutes", type=positive_float, default=None,
+                       help="Train for about this many minutes instead (validation and checkpoints not counted): the "
+                            "step count that fits, from the speed of 30 timed steps on this machine (undone before "
+                            "training), is in run_info.json; --max_train_steps with it trains the same weights.")
     optim.add_argument("--num_train_epochs", type=positive_int, default=100)
     optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     optim.add_argument("--learning_rate", type=positive_float, default=2e-4)
@@ -163,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.max_train_steps and args.max_train_minutes:
+        parser.error(f"give either --max_train_steps ({args.max_train_steps}) or --max_train_minutes "
+                     f"({args.max_train_minutes:g}), not both: the minutes set the step count")
+    if args.max_train_minutes is not None and math.isinf(args.max_train_minutes):
+        parser.error("--max_train_minutes inf would never end; give a finite number of minutes, e.g. 60")
     if args.train_data_dir and args.dataset_name:
         parser.error("give either --train_data_dir or --dataset_name, not both")
     if args.resolution < 8 or args.resolution % 8:

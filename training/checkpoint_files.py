@@ -49,7 +49,8 @@ def describe(signature: Mapping[str, Any]) -> str:
 
 
 def read_checkpoint_info(folder: Path) -> dict[str, Any]:
-    """checkpoint.json: {"step": ..., **signature}; raises `CheckpointError` when it is missing or malformed."""
+    """checkpoint.json: {"step": ..., **signature, "max_train_steps": ...}; raises `CheckpointError` when it is
+    missing or malformed."""
     path = folder / CHECKPOINT_INFO
     try:
         info = json.loads(path.read_text())
@@ -61,6 +62,9 @@ def read_checkpoint_info(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(info, dict) or not isinstance(info.get("step"), int):
         raise CheckpointError(f"{path} does not hold a checkpoint's step and settings")
+    total = info.get("max_train_steps", 1)
+    if not isinstance(total, int) or isinstance(total, bool) or total < 1:
+        raise CheckpointError(f"{path} records max_train_steps {total!r}; a run's length is a positive whole number")
     return info
 
 

@@ -88,9 +88,17 @@ def tidy_checkpoints(output_dir: str | Path) -> None:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: str | Path, step: int, total_limit: int | None, signature: Mapping[str, Any]
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    step: int,
+    total_limit: int | None,
+    signature: Mapping[str, Any],
+    *,
+    max_train_steps: int | None = None,
 ) -> Path:
-    """Saves the full training state as checkpoint-STEP (call on every process; only the main one writes files)."""
+    """Saves the full training state as checkpoint-STEP (call on every process; only the main one writes files).
+    checkpoint.json records the step, the run's `signature` and its `max_train_steps`, which a resumed
+    --max_train_minutes run keeps."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     partial = final.with_name(final.name + _PARTIAL_SUFFIX)
@@ -101,7 +109,8 @@ def save_checkpoint(
         accelerator.save_state(str(partial))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _write_json_atomically(partial / CHECKPOINT_INFO, {"step": step, **signature})
+            info = {"step": step, **signature, **({"max_train_steps": max_train_steps} if max_train_steps else {})}
+            _write_json_atomically(partial / CHECKPOINT_INFO, info)
             _swap_in(partial, final)
     except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as a RuntimeError
         if accelerator.is_main_process:

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from tqdm.auto import tqdm
 
 # The first steps run slower (kernel selection, allocator warm-up); they are run but not timed.
 UNTIMED_STEPS = 5
@@ -41,12 +43,19 @@ def timed_steps_per_second(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(snapshot))
     try:
+        progress = tqdm(total=UNTIMED_STEPS + TIMED_STEPS, desc="timing steps for --max_train_minutes",
+                        disable=not accelerator.is_local_main_process)  # fmt: skip
         for index in range(UNTIMED_STEPS):
             optimizer_step(index)
+            progress.update(1)
+        _finish_queued_work(accelerator.device)
         started = time.perf_counter()
         for index in range(UNTIMED_STEPS, UNTIMED_STEPS + TIMED_STEPS):
             optimizer_step(index)
+            progress.update(1)
+        _finish_queued_work(accelerator.device)
         measured = [TIMED_STEPS / (time.perf_counter() - started)]
+        progress.close()
         accelerator.wait_for_everyone()
         accelerator.load_state(str(snapshot))
         accelerator.wait_for_everyone()  # every process has read the snapshot before it goes
@@ -54,3 +63,9 @@ def timed_steps_per_second(
         if accelerator.is_main_process:
             shutil.rmtree(snapshot, ignore_errors=True)
     return float(broadcast_object_list(measured)[0])
+
+
+def _finish_queued_work(device: torch.device) -> None:
+    """A GPU runs steps after Python has queued them; the clock must stop when they are done."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)

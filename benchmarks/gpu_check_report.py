@@ -102,8 +102,9 @@ def quality_markdown(stage: dict[str, Any]) -> list[str]:
     bar = "-" if fraction is None else ("met" if fraction >= 0.7 else "NOT met")
     lines = ["## Quality run", "", f"- `{stage['command']}`",
              f"- {stage['steps']} steps x batch {stage['batch_size']} = {stage['images_seen']} images in a "
-             f"{stage['loop_seconds']:.0f} s training loop (planned {stage['planned_training_seconds']:.0f} s; the "
-             f"launch took {stage['launch_seconds']:.0f} s in all); final loss {fmt(stage['final_loss'], 4)}, mean "
+             f"{stage['loop_seconds']:.0f} s training loop (asked for {stage['planned_training_seconds']:.0f} s with "
+             f"--max_train_minutes, which timed {stage['timed_steps_per_second']:.2f} steps/s; the launch took "
+             f"{stage['launch_seconds']:.0f} s in all); final loss {fmt(stage['final_loss'], 4)}, mean "
              f"of the last 10 % {fmt(stage['mean_loss_last_10pct'], 4)}; finite losses: "
              f"{'yes' if stage['finite_losses'] else 'NO'}",
              f"- Training loop {stage['images_per_second']:.1f} images/s (median step "

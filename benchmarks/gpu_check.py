@@ -95,10 +95,10 @@ class Settings:
 
 
 # Planned on one H200 with 16 cores: 15 s for gpu_check.sh's install + 320 s of stages + 2.25 min of training + 65 s
-# around it (its 35 timed steps and their snapshot included) = 535 s of the 540 s budget (tests/test_gpu_check.py checks the sum), which leaves the 15-minute device
-# window room for the machine's start and a short rerun (--stages ... --budget_seconds ...). The throughput stage
-# stops at its plan (its compiled modes come last); the others may take 1.5 times theirs, and the quality run's
-# training is shortened by what they overran.
+# around it (its 35 timed steps and their snapshot included) = 535 s of the 540 s budget (tests/test_gpu_check.py
+# checks the sum), which leaves the 15-minute device window room for the machine's start and a short rerun
+# (--stages ... --budget_seconds ...). The throughput stage stops at its plan (its compiled modes come last); the
+# others may take 1.5 times theirs, and the quality run's training is shortened by what they overran.
 GPU = Settings(
     budget_seconds=540,
     plan={"install": 15, "environment": 5, "data": 30, "tests": 90, "throughput": 110, "sampling": 40,

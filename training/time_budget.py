@@ -43,19 +43,14 @@ def timed_steps_per_second(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(snapshot))
     try:
-        progress = tqdm(total=UNTIMED_STEPS + TIMED_STEPS, desc="timing steps for --max_train_minutes",
-                        disable=not accelerator.is_local_main_process)  # fmt: skip
-        for index in range(UNTIMED_STEPS):
+        for index in tqdm(range(UNTIMED_STEPS + TIMED_STEPS), desc="timing steps for --max_train_minutes",
+                          disable=not accelerator.is_local_main_process):  # fmt: skip
+            if index == UNTIMED_STEPS:
+                _finish_queued_work(accelerator.device)
+                started = time.perf_counter()
             optimizer_step(index)
-            progress.update(1)
-        _finish_queued_work(accelerator.device)
-        started = time.perf_counter()
-        for index in range(UNTIMED_STEPS, UNTIMED_STEPS + TIMED_STEPS):
-            optimizer_step(index)
-            progress.update(1)
         _finish_queued_work(accelerator.device)
         measured = [TIMED_STEPS / (time.perf_counter() - started)]
-        progress.close()
         accelerator.wait_for_everyone()
         accelerator.load_state(str(snapshot))
         accelerator.wait_for_everyone()  # every process has read the snapshot before it goes

@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
         args.model_config_name_or_path = str(Path(args.model_config_name_or_path).resolve())
     if args.cache_dir:
         args.cache_dir = str(Path(args.cache_dir).resolve())
-    # bf16 on a CPU without native bfloat16 runs as fp32 in the stages (it would be 19-28x slower): record that.
+    # bf16 on a CPU without native bfloat16 runs as fp32 in the stages (it would be 2-28x slower): record that.
     device = resolve_device(None)
     args.mixed_precision, warning = training_mixed_precision(args.mixed_precision, device)
     if warning:

@@ -312,8 +312,8 @@ def start_tracking(state: TrainingRun, *, resumed_from: Path | None, tf32: bool)
     logger.info(
         f"{train_set.num_images} images ({len(train_set)} per epoch), {len(train_set.vocabulary)} labels; "
         f"{state.max_train_steps} optimiser steps over {state.num_epochs} epochs; {state.images_per_update} images "
-        f"per step ({accelerator.num_processes} processes x {args.train_batch_size} x "
-        f"{args.gradient_accumulation_steps} accumulation)"
+        f"per step ({accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''} x "
+        f"{args.train_batch_size} x {args.gradient_accumulation_steps} accumulation)"
     )
 
 

@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--max_grad_norm", type=positive_float, default=1.0)
     optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                        help="Defaults to the Accelerate config's value. bf16 on Ampere+ GPUs and on CPUs with native "
-                            "bfloat16 (AVX512, AMX; elsewhere it would be ~19x slower, so it trains in fp32 with a "
-                            "warning); fp16 on older GPUs (with loss scaling; overflowing steps are skipped).")
+                            "bfloat16 (AVX512-BF16 or AMX on x86, BF16 on Arm; elsewhere it would be 2-28x slower, "
+                            "so it trains in fp32 with a warning); fp16 on older GPUs (with loss scaling; overflowing "
+                            "steps are skipped).")
     optim.add_argument("--use_ema", action="store_true",
                        help="Keep an EMA of the weights; it is used for validation and the saved pipeline.")
     optim.add_argument("--ema_max_decay", type=probability, default=0.9999)
